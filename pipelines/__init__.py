@@ -1,0 +1,1 @@
+"""Wan model code with no Ray in it: catalog, loading, generation, video I/O."""

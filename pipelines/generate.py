@@ -1,0 +1,81 @@
+"""One generation path per task: a checked request becomes pipeline kwargs, then frames.
+
+Progress and cancellation ride on diffusers' per-step callback: `on_step(done, total)` is called after
+every denoising step and returns False to stop, which raises `GenerationCancelled` before the VAE decode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import UniPCMultistepScheduler
+from PIL import Image
+
+from pipelines.loading import LoadedModel
+from pipelines.request import GenerationRequest, check_request
+from pipelines.variants import Task
+
+StepCallback = Callable[[int, int], bool]
+
+
+class GenerationCancelled(Exception):
+    """Raised inside the denoising loop when the caller asks to stop."""
+
+
+def _pil(array: np.ndarray, mode: str = "RGB") -> Image.Image:
+    return Image.fromarray(array).convert(mode)
+
+
+def pipeline_kwargs(req: GenerationRequest) -> dict[str, Any]:
+    """Translate a checked request into the keyword arguments of its task's diffusers pipeline."""
+    kwargs: dict[str, Any] = dict(
+        prompt=req.prompt,
+        negative_prompt=req.negative_prompt or None,
+        height=req.height,
+        width=req.width,
+        num_inference_steps=req.num_inference_steps,
+        guidance_scale=req.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(req.seed),
+        output_type="np",
+    )
+    if req.guidance_scale_2 is not None:
+        kwargs["guidance_scale_2"] = req.guidance_scale_2
+    match req.task:
+        case Task.T2V | Task.T2I:
+            kwargs["num_frames"] = req.num_frames
+        case Task.I2V | Task.FLF2V:
+            kwargs["num_frames"] = req.num_frames
+            kwargs["image"] = _pil(req.image)
+            if req.last_image is not None:
+                kwargs["last_image"] = _pil(req.last_image)
+        case Task.V2V:
+            kwargs["video"] = [_pil(f) for f in req.video]
+            kwargs["strength"] = req.strength
+        case Task.VACE:
+            kwargs["num_frames"] = req.num_frames
+            kwargs["video"] = [_pil(f) for f in req.video]
+            if req.mask is not None:
+                kwargs["mask"] = [_pil(m, "L") for m in req.mask]
+            if req.reference_images:
+                kwargs["reference_images"] = [_pil(r) for r in req.reference_images]
+    return kwargs
+
+
+def generate(model: LoadedModel, req: GenerationRequest, on_step: StepCallback | None = None) -> np.ndarray:
+    """Run `req` and return its frames as an FxHxWx3 uint8 array. Same seed and inputs, same frames."""
+    check_request(model.variant, req)
+    pipe = model.pipeline_for(req.task)
+    # A fresh scheduler per call: schedulers keep per-run state, and flow_shift is a request parameter.
+    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, flow_shift=req.flow_shift)
+
+    def step_end(p: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if on_step is not None and not on_step(step + 1, p.num_timesteps):
+            raise GenerationCancelled(f"cancelled after step {step + 1} of {p.num_timesteps}")
+        return tensors
+
+    with torch.inference_mode():
+        frames = pipe(**pipeline_kwargs(req), callback_on_step_end=step_end).frames[0]
+    return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)

@@ -1,0 +1,133 @@
+"""A generation request, fully resolved, and the one place its arguments are checked against a variant.
+
+Torch-free on purpose: the HTTP ingress checks requests with this module before it accepts a job, and
+the generator checks them again before it runs one, with the same messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipelines.variants import Task, Variant
+
+MAX_STEPS = 200
+MAX_PROMPT_CHARS = 4000
+
+
+class InvalidRequest(ValueError):
+    """A request a variant cannot serve; `param` names the offending field."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.message = message
+
+
+@dataclass
+class GenerationRequest:
+    """Everything one generation needs, with defaults already resolved against the variant.
+
+    Images are HxWx3 uint8 arrays; `video` is FxHxWx3 uint8 and `mask` FxHxW uint8 (255 = regenerate).
+    """
+
+    task: Task
+    prompt: str
+    width: int
+    height: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    flow_shift: float
+    negative_prompt: str = ""
+    guidance_scale_2: float | None = None
+    strength: float = 0.8
+    image: np.ndarray | None = None
+    last_image: np.ndarray | None = None
+    video: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    reference_images: list[np.ndarray] = field(default_factory=list)
+
+
+def check_size(variant: Variant, width: int, height: int, param: str = "size") -> None:
+    m = variant.size_multiple
+    if width < m or height < m or width % m or height % m:
+        raise InvalidRequest(param, f"size {width}x{height} is off {variant.name}'s grid: both sides must be "
+                                    f"multiples of {m}; presets: {_presets(variant)}")
+    if width * height > variant.max_area:
+        raise InvalidRequest(param, f"size {width}x{height} is larger than {variant.name} serves; "
+                                    f"presets: {_presets(variant)}")
+
+
+def check_frames(variant: Variant, num_frames: int, param: str = "num_frames") -> None:
+    if not variant.on_frame_grid(num_frames):
+        raise InvalidRequest(param, f"{num_frames} frames is off Wan's frame grid: use 4k+1 frames (1, 5, 9, ..., 81)")
+    if num_frames > variant.max_frames:
+        raise InvalidRequest(param, f"{num_frames} frames is more than {variant.name}'s maximum of "
+                                    f"{variant.max_frames} ({variant.seconds_for_frames(variant.max_frames):g} s "
+                                    f"at {variant.fps} fps)")
+
+
+def check_request(variant: Variant, req: GenerationRequest) -> None:
+    """Check `req` against `variant` up front, diffusers' `check_inputs` style: every message names its field."""
+    if req.task not in variant.tasks:
+        raise InvalidRequest("model", f"{variant.name} cannot do {req.task.value}; it does: "
+                                      f"{', '.join(t.value for t in variant.tasks)}")
+    if not req.prompt.strip():
+        raise InvalidRequest("prompt", "prompt is required and must not be empty")
+    if len(req.prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequest("prompt", f"prompt is longer than {MAX_PROMPT_CHARS} characters")
+    check_size(variant, req.width, req.height)
+    check_frames(variant, req.num_frames)
+    if req.task is Task.T2I and req.num_frames != 1:
+        raise InvalidRequest("num_frames", "text-to-image makes exactly one frame")
+    if not 1 <= req.num_inference_steps <= MAX_STEPS:
+        raise InvalidRequest("num_inference_steps", f"num_inference_steps must be within 1..{MAX_STEPS}")
+    if not 0.0 <= req.guidance_scale <= 20.0:
+        raise InvalidRequest("guidance_scale", "guidance_scale must be within 0..20")
+    if req.guidance_scale_2 is not None:
+        if variant.boundary_ratio is None:
+            raise InvalidRequest("guidance_scale_2", f"{variant.name} has one expert; guidance_scale_2 is for "
+                                                     "Wan 2.2's two-expert (A14B) models")
+        if not 0.0 <= req.guidance_scale_2 <= 20.0:
+            raise InvalidRequest("guidance_scale_2", "guidance_scale_2 must be within 0..20")
+    if not 0.0 < req.flow_shift <= 50.0:
+        raise InvalidRequest("flow_shift", "flow_shift must be within (0, 50]")
+    if not 0 <= req.seed < 2**63:
+        raise InvalidRequest("seed", "seed must be within 0..2**63-1")
+    if not 0.0 < req.strength <= 1.0:
+        raise InvalidRequest("strength", "strength must be within (0, 1]")
+    _check_inputs(req)
+
+
+def _check_inputs(req: GenerationRequest) -> None:
+    needs_image = req.task in (Task.I2V, Task.FLF2V)
+    if needs_image and req.image is None:
+        raise InvalidRequest("input_reference", f"{req.task.value} needs a first frame in input_reference")
+    if not needs_image and req.image is not None:
+        raise InvalidRequest("input_reference", f"{req.task.value} takes no input_reference image")
+    if req.task is Task.FLF2V and req.last_image is None:
+        raise InvalidRequest("last_image", "first-last-frame generation needs last_image")
+    if req.task is not Task.FLF2V and req.last_image is not None:
+        raise InvalidRequest("last_image", "last_image is only for first-last-frame models")
+    if req.task in (Task.V2V, Task.VACE):
+        if req.video is None:
+            raise InvalidRequest("video", f"{req.task.value} needs a source video")
+        if req.video.shape[0] != req.num_frames:
+            raise InvalidRequest("video", f"the source video has {req.video.shape[0]} frames; "
+                                          f"{req.num_frames} were asked for")
+    elif req.video is not None:
+        raise InvalidRequest("video", f"{req.task.value} takes no source video")
+    if req.mask is not None:
+        if req.task is not Task.VACE:
+            raise InvalidRequest("mask", "mask is only for VACE editing")
+        if req.video is not None and req.mask.shape[0] != req.video.shape[0]:
+            raise InvalidRequest("mask", "mask and video must have the same number of frames")
+    if req.reference_images and req.task is not Task.VACE:
+        raise InvalidRequest("reference_images", "reference_images are only for VACE editing")
+
+
+def _presets(variant: Variant) -> str:
+    return ", ".join(f"{k} ({w}x{h})" for k, (w, h) in variant.sizes.items())
