@@ -15,14 +15,10 @@ from diffusers import UniPCMultistepScheduler
 from PIL import Image
 
 from pipelines.loading import LoadedModel
-from pipelines.request import GenerationRequest, check_request
+from pipelines.request import GenerationCancelled, GenerationRequest, check_request
 from pipelines.variants import Task
 
 StepCallback = Callable[[int, int], bool]
-
-
-class GenerationCancelled(Exception):
-    """Raised inside the denoising loop when the caller asks to stop."""
 
 
 def _pil(array: np.ndarray, mode: str = "RGB") -> Image.Image:

@@ -25,6 +25,10 @@ class InvalidRequest(ValueError):
         self.message = message
 
 
+class GenerationCancelled(Exception):
+    """Raised inside the denoising loop when the caller asks to stop."""
+
+
 @dataclass
 class GenerationRequest:
     """Everything one generation needs, with defaults already resolved against the variant.

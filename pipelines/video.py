@@ -27,7 +27,7 @@ def encode_mp4(frames: np.ndarray, fps: int, crf: int = 18) -> bytes:
     """Encode FxHxWx3 uint8 frames as H.264 (yuv420p) MP4 with exactly `fps` and len(frames) frames."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected FxHxWx3 uint8 frames, got {frames.shape} {frames.dtype}")
-    f, h, w, _ = frames.shape
+    h, w = frames.shape[1:3]
     if h % 2 or w % 2:  # yuv420p subsamples chroma by two
         frames = frames[:, : h - h % 2, : w - w % 2]
     # faststart (moov atom first, so players start before the download ends) rewrites the file in a

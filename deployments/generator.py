@@ -1,0 +1,51 @@
+"""WanGenerator: one deployment class, bound once per variant; each replica loads its model once.
+
+The pipeline call runs in a worker thread so the replica's event loop stays free (health checks,
+metrics); `max_ongoing_requests: 1` because a diffusers pipeline is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from pipelines.generate import generate
+from pipelines.loading import load_model
+from pipelines.request import GenerationCancelled, GenerationRequest
+from pipelines.variants import get_variant
+
+REPORT_TIMEOUT_S = 30.0
+
+
+@serve.deployment(max_ongoing_requests=1, graceful_shutdown_timeout_s=600)
+class WanGenerator:
+    def __init__(
+        self,
+        model: str,
+        tracker: DeploymentHandle,
+        weights: str | None = None,
+        dtype: str = "bfloat16",
+        device: str | None = None,
+        gpu_memory_fraction: float | None = None,
+        cpu_offload: bool = False,
+    ) -> None:
+        self._model = load_model(
+            get_variant(model), weights, dtype=dtype, device=device,
+            gpu_memory_fraction=gpu_memory_fraction, cpu_offload=cpu_offload,
+        )
+        self._tracker = tracker
+
+    async def generate(self, job_id: str, request: GenerationRequest) -> np.ndarray:
+        """Frames (FxHxWx3 uint8) for `request`, reporting each step to the job tracker."""
+        return await asyncio.to_thread(self._run, job_id, request)
+
+    def _run(self, job_id: str, request: GenerationRequest) -> np.ndarray:
+        def on_step(done: int, total: int) -> bool:
+            return self._tracker.step.remote(job_id, done, total).result(timeout_s=REPORT_TIMEOUT_S)
+
+        if not on_step(0, request.num_inference_steps):
+            raise GenerationCancelled("cancelled before it started")
+        return generate(self._model, request, on_step)

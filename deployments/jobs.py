@@ -1,0 +1,75 @@
+"""JobTracker: the one writer of the job store, reachable from every deployment through a handle.
+
+The ingress creates, reads and cancels jobs here; generators report every denoising step here and learn
+from the answer whether to go on, which is how a DELETE on any ingress replica stops a running job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ray import serve
+
+from deployments.jobstore import Job, JobStatus, SQLiteJobStore
+
+log = logging.getLogger("ray.serve")
+
+
+class QueueFull(Exception):
+    """Too many jobs are already waiting for this model."""
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+class JobTracker:
+    def __init__(self, db_path: str) -> None:
+        self._store = SQLiteJobStore(db_path)
+        # Jobs left queued or running belonged to processes that are gone: end them, never leave them hanging.
+        interrupted = self._store.fail_active(
+            "interrupted", "the service restarted while this job was queued or running; submit it again"
+        )
+        if interrupted:
+            log.warning("marked %d interrupted jobs as failed", interrupted)
+
+    def create(self, job: Job, max_active: int) -> None:
+        if self._store.count_active(job.model) >= max_active:
+            raise QueueFull(f"{job.model} already has {max_active} jobs queued or running")
+        self._store.create(job)
+
+    def get(self, job_id: str) -> Job | None:
+        return self._store.get(job_id)
+
+    def list(self, kind: str, after: str | None, limit: int, order: str) -> tuple[list[Job], bool]:
+        return self._store.list(kind=kind, after=after, limit=limit, order=order)
+
+    def step(self, job_id: str, done: int, total: int) -> bool:
+        """Record that `done` of `total` denoising steps are finished; False means: stop now."""
+        job = self._store.get(job_id)
+        if job is None or job.cancel_requested or job.status.terminal:
+            return False
+        fields: dict = dict(step=done, total_steps=total, progress=min(99, 100 * done // max(total, 1)))
+        if job.status is JobStatus.QUEUED:
+            fields.update(status=JobStatus.IN_PROGRESS, started_at=time.time())
+        self._store.update(job_id, **fields)
+        return True
+
+    def finish(
+        self, job_id: str, status: JobStatus, assets: dict[str, str] | None = None,
+        error: tuple[str, str] | None = None,
+    ) -> Job | None:
+        fields: dict = dict(status=status, completed_at=time.time())
+        if status is JobStatus.COMPLETED:
+            fields.update(progress=100, assets=assets or {})
+        if error is not None:
+            fields.update(error_code=error[0], error_message=error[1])
+        return self._store.update(job_id, **fields)
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Ask a queued or running job to stop; the generator sees it at its next step."""
+        job = self._store.get(job_id)
+        if job is None or job.status.terminal:
+            return job
+        return self._store.update(job_id, cancel_requested=True, cancel_step=job.step)
+
+    def delete(self, job_id: str) -> None:
+        self._store.delete(job_id)

@@ -1,0 +1,1 @@
+"""The HTTP face of wan-serve: wire schemas, request classification, the job API, the app builder."""

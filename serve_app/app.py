@@ -1,0 +1,69 @@
+"""The app builder that `configs/*.yaml` imports: a validated AppConfig becomes the deployment graph.
+
+    Gateway ──▶ FlowRunner ──▶ Generator-<variant> (one binding per served model)
+       │            ├────────▶ VideoEncoder
+       └────────────┴────────▶ JobTracker (SQLite)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ray.serve import Application
+
+from deployments.encoder import VideoEncoder
+from deployments.flow import FlowRunner
+from deployments.generator import WanGenerator
+from deployments.jobs import JobTracker
+from serve_app.config import AppConfig, ModelConfig
+from serve_app.gateway import Gateway
+from serve_app.router import generator_name
+
+
+class ConfigError(ValueError):
+    """The app's args do not validate; the message lists every problem."""
+
+
+def load_config(args: dict[str, Any]) -> AppConfig:
+    try:
+        return AppConfig.model_validate(args).absolute(Path.cwd())
+    except ValidationError as exc:
+        raise ConfigError(f"invalid wan-serve config:\n{exc}") from None
+
+
+def generator_options(m: ModelConfig) -> dict[str, Any]:
+    """Ray Serve options for one variant's generator: placement, scaling and shutdown."""
+    options: dict[str, Any] = dict(
+        name=generator_name(m.name),
+        ray_actor_options=m.ray_actor_options,
+        max_ongoing_requests=1,  # a diffusers pipeline is not thread-safe
+        graceful_shutdown_timeout_s=m.graceful_shutdown_timeout_s,
+    )
+    if m.autoscaling_config is not None:
+        options["autoscaling_config"] = m.autoscaling_config
+    else:
+        options["num_replicas"] = m.num_replicas or 1
+    return options
+
+
+def memory_fraction(m: ModelConfig) -> float | None:
+    """An explicit cap, else the GPU fraction the replica was placed with, so neighbours cannot starve it."""
+    num_gpus = float(m.ray_actor_options.get("num_gpus", 0))
+    return m.gpu_memory_fraction or (num_gpus if 0 < num_gpus < 1 else None)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    config = load_config(args)
+    tracker = JobTracker.bind(config.job_db)
+    generators = {
+        m.name: WanGenerator.options(**generator_options(m)).bind(
+            model=m.name, tracker=tracker, weights=m.weights, dtype=m.dtype, device=m.device,
+            gpu_memory_fraction=memory_fraction(m), cpu_offload=m.cpu_offload,
+        )
+        for m in config.models
+    }
+    encoder = VideoEncoder.options(num_replicas=config.encoder_replicas).bind()
+    flow = FlowRunner.bind(generators, encoder, tracker, config.storage.kind, config.storage.root)
+    return Gateway.options(num_replicas=config.gateway_replicas).bind(config, tracker, flow)

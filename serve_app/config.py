@@ -1,0 +1,94 @@
+"""The app config: what `configs/*.yaml` passes as `args`, as one typed schema validated at startup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from ray.serve.config import AutoscalingConfig
+
+from pipelines.variants import CATALOG, Task, get_variant
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """One served variant: its weights and how its generator deployment is placed and scaled."""
+
+    name: str = Field(description="a variant from the catalog, e.g. Wan2.1-T2V-1.3B or tiny-t2v")
+    weights: str | None = Field(None, description='"tiny", a local Diffusers directory or a hub id; '
+                                                  "unset: the variant's own repo (tiny twins: built offline)")
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    device: str | None = None
+    gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
+    cpu_offload: bool = False
+    default_for: list[Task] = Field(default_factory=list, description="tasks this model serves by default")
+    num_replicas: int | None = Field(None, ge=1, description="fixed replicas; leave unset to autoscale")
+    autoscaling_config: dict[str, Any] | None = None
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
+    max_queued_jobs: int = Field(64, ge=1, description="queued + running jobs before 429")
+    graceful_shutdown_timeout_s: float = Field(600, gt=0, description="longer than one generation")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        get_variant(name)
+        return name
+
+    @field_validator("autoscaling_config")
+    @classmethod
+    def _autoscaling(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            AutoscalingConfig(**value)  # Ray's own schema, so a typo fails here and not in a replica
+        return value
+
+    @model_validator(mode="after")
+    def _tasks(self) -> ModelConfig:
+        variant = get_variant(self.name)
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError(f"{self.name}: set num_replicas or autoscaling_config, not both")
+        for task in self.default_for:
+            if task not in variant.tasks:
+                raise ValueError(f"{self.name} cannot be the default for {task.value}: it does "
+                                 f"{', '.join(t.value for t in variant.tasks)}")
+        return self
+
+
+class StorageConfig(_Strict):
+    kind: Literal["local"] = "local"
+    root: str = "data/outputs"
+
+
+class AppConfig(_Strict):
+    models: list[ModelConfig] = Field(min_length=1)
+    job_db: str = "data/jobs.db"
+    storage: StorageConfig = StorageConfig()
+    max_upload_mb: int = Field(64, ge=1)
+    poll_after_ms: int = Field(1000, ge=100)
+    encoder_replicas: int = Field(1, ge=1)
+    gateway_replicas: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AppConfig:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each model may be listed once; got {names}")
+        return self
+
+    def absolute(self, base: Path) -> AppConfig:
+        """Paths resolved against `base`, since Ray workers do not share the driver's working directory."""
+        storage = self.storage.model_copy(update={"root": str((base / self.storage.root).resolve())})
+        return self.model_copy(update={"job_db": str((base / self.job_db).resolve()), "storage": storage})
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def default_model(self, task: Task) -> str | None:
+        """The model named default for `task`, else the first served model that can do it."""
+        for m in self.models:
+            if task in m.default_for:
+                return m.name
+        return next((m.name for m in self.models if task in CATALOG[m.name].tasks), None)
