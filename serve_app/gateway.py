@@ -2,7 +2,6 @@
 hands jobs to the FlowRunner. It never touches torch; models and frames stay in their deployments.
 """
 
-from __future__ import annotations
 
 import asyncio
 import base64
@@ -265,7 +264,7 @@ class Gateway:
                 default_for=[t.value for t in v.tasks if self._config.default_model(t) == v.name],
                 fps=v.fps, sizes={k: f"{w}x{h}" for k, (w, h) in v.sizes.items()}, max_frames=v.max_frames,
                 replicas={"status": d.status.value if d else "UNKNOWN",
-                          "states": {str(k.value): n for k, n in d.replica_states.items()} if d else {}},
+                          "states": {str(k): n for k, n in d.replica_states.items()} if d else {}},
             ))
         return ModelList(data=cards)
 

@@ -1,0 +1,63 @@
+"""One real Ray Serve application on CPU with every tiny twin, shared by the HTTP tests."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from serve_app.app import build_app
+
+APP = "wan"
+TINY_MODELS = ["tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v", "tiny-a14b"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_args(root: Path, models: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "job_db": str(root / "jobs.db"),
+        "storage": {"kind": "local", "root": str(root / "outputs")},
+        "models": [{"name": m, "ray_actor_options": {"num_cpus": 0.1}, **extra} for m in models],
+    }
+
+
+@pytest.fixture(scope="session")
+def serve_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    root = tmp_path_factory.mktemp("serve")
+    serve.run(build_app(app_args(root, TINY_MODELS)), name=APP, route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture
+def client(serve_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=serve_url, timeout=60) as c:
+        yield c
+
+
+def wait_for(client: httpx.Client, video_id: str, until: set[str], timeout_s: float = 120) -> dict[str, Any]:
+    """Poll a job until its status is in `until`, as a client would (the deadline only bounds a hang)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        video = client.get(f"/v1/videos/{video_id}").json()
+        if video["status"] in until:
+            return video
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{video_id} still {video['status']} after {timeout_s}s: {video}")
+        time.sleep(0.05)
