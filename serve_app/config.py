@@ -35,14 +35,19 @@ class ModelConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        get_variant(name)
+        if name not in CATALOG:
+            raise ValueError(f"unknown Wan variant {name!r}; known: {', '.join(CATALOG)}")
         return name
 
     @field_validator("autoscaling_config")
     @classmethod
     def _autoscaling(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            AutoscalingConfig(**value)  # Ray's own schema, so a typo fails here and not in a replica
+        if value is not None:  # Ray's own schema, so a typo fails here and not in a replica
+            unknown = set(value) - set(AutoscalingConfig.model_fields)
+            if unknown:
+                raise ValueError(f"unknown autoscaling_config keys {sorted(unknown)}; "
+                                 f"known: {', '.join(AutoscalingConfig.model_fields)}")
+            AutoscalingConfig(**value)
         return value
 
     @model_validator(mode="after")

@@ -71,7 +71,7 @@ async def read_body(request: Request, max_bytes: int) -> tuple[dict[str, Any], d
         raise APIError(413, f"request body is larger than {max_bytes // 2**20} MiB", code="payload_too_large")
     content_type = request.headers.get("content-type", "")
     raw: dict[str, bytes] = {}
-    if content_type.startswith("multipart/form-data"):
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         fields: dict[str, Any] = {}
         async with request.form(max_part_size=max_bytes) as form:
             for key, value in form.multi_items():
@@ -92,7 +92,8 @@ async def read_body(request: Request, max_bytes: int) -> tuple[dict[str, Any], d
         if not isinstance(fields, dict):
             raise APIError(400, "the body must be a JSON object", code="invalid_json")
     else:
-        raise APIError(400, "send application/json or multipart/form-data", code="unsupported_content_type")
+        raise APIError(400, "send application/json, multipart/form-data or a url-encoded form",
+                       code="unsupported_content_type")
     if sum(len(b) for b in raw.values()) > max_bytes:
         raise APIError(413, f"uploads are larger than {max_bytes // 2**20} MiB", code="payload_too_large")
     return fields, raw

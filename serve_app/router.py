@@ -84,8 +84,12 @@ def choose_variant(config: AppConfig, fields: Fields, media: Media) -> tuple[Var
         variant = CATALOG[fields.model]
         task = infer_task(fields, media, variant)
         if task not in variant.tasks:
-            raise APIError(400, f"{variant.name} cannot do {task.value}; it does: "
-                                f"{', '.join(t.value for t in variant.tasks)}", param="model",
+            does = ", ".join(t.value for t in variant.tasks)
+            missing = None if fields.task else _missing_input(variant)
+            if missing is not None:
+                raise APIError(400, f"{variant.name} does {does}: send {missing}", param=missing,
+                               code="missing_input")
+            raise APIError(400, f"{variant.name} cannot do {task.value}; it does: {does}", param="model",
                            code="unsupported_task")
         return variant, task
     task = infer_task(fields, media, None)
@@ -93,6 +97,15 @@ def choose_variant(config: AppConfig, fields: Fields, media: Media) -> tuple[Var
     if name is None:
         raise APIError(400, f"no served model does {task.value}", param="model", code="unsupported_task")
     return CATALOG[name], task
+
+
+def _missing_input(variant: Variant) -> str | None:
+    """The input every task of `variant` needs, when a request named the model but left it out."""
+    if all(t in (Task.I2V, Task.FLF2V) for t in variant.tasks):
+        return "input_reference"
+    if all(t in (Task.V2V, Task.VACE) for t in variant.tasks):
+        return "video"
+    return None
 
 
 def parse_size(variant: Variant, size: str | None) -> tuple[int, int]:

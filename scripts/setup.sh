@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh machine: .venv with CPU torch 2.13.0 and wan-serve with its test extras.
+# On a GPU host, install a CUDA build of torch into .venv first; this script then leaves it alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip
+fi
+# Pinned first, so no later requirement pulls the registry's newest torch with its CUDA packages.
+.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install --quiet torch==2.13.0
+.venv/bin/python -m pip install --quiet -e ".[test]"

@@ -1,0 +1,255 @@
+"""The HTTP API on a real Ray Serve app with every tiny twin: each task end to end, the openai SDK,
+progress, cancellation, errors and reproducibility."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from openai import OpenAI
+from PIL import Image
+from ray import serve
+
+from tests.conftest import APP, wait_for
+from tests.media import mp4, png, probe
+
+DONE = {"completed", "failed", "cancelled"}
+
+
+def create(client: httpx.Client, **kwargs) -> dict:
+    r = client.post("/v1/videos", **kwargs)
+    assert r.status_code == 200, r.text
+    assert r.headers["openai-poll-after-ms"]
+    return r.json()
+
+
+def finished_mp4(client: httpx.Client, video: dict) -> tuple[dict, np.ndarray, float]:
+    video = wait_for(client, video["id"], DONE)
+    assert video["status"] == "completed", video
+    assert video["progress"] == 100
+    r = client.get(f"/v1/videos/{video['id']}/content")
+    assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
+    frames, fps, codec = probe(r.content)
+    assert codec == "h264"
+    return video, frames, fps
+
+
+def tracker_job(video_id: str):
+    return serve.get_deployment_handle("JobTracker", APP).get.remote(video_id).result()
+
+
+@pytest.mark.parametrize(
+    ("body", "model", "frames", "fps"),
+    [
+        ({"prompt": "a lighthouse at dusk", "num_frames": 9, "seed": 1}, "tiny-t2v", 9, 16),
+        ({"prompt": "waves", "model": "tiny-a14b", "seconds": 1, "guidance_scale_2": 2.0}, "tiny-a14b", 17, 16),
+        ({"prompt": "a kite", "model": "tiny-ti2v", "num_frames": 13, "size": "32x64"}, "tiny-ti2v", 13, 24),
+        ({"prompt": "slow", "num_frames": 5, "fps": 8}, "tiny-t2v", 5, 8),
+    ],
+)
+def test_text_to_video(client: httpx.Client, body: dict, model: str, frames: int, fps: int) -> None:
+    video, decoded, rate = finished_mp4(client, create(client, json=body))
+    width, height = map(int, video["size"].split("x"))
+    assert video["model"] == model and video["task"] == "t2v"
+    assert decoded.shape == (frames, height, width, 3)
+    assert rate == fps
+    thumb = client.get(f"/v1/videos/{video['id']}/content", params={"variant": "thumbnail"})
+    assert thumb.headers["content-type"] == "image/webp"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) == 256
+
+
+def test_image_to_video_multipart_routes_to_i2v(client: httpx.Client) -> None:
+    video = create(client, data={"prompt": "the cat turns", "num_frames": "9", "seconds": "0.5"},
+                   files={"input_reference": ("cat.png", png(), "image/png")})
+    video, decoded, fps = finished_mp4(client, video)
+    assert (video["model"], video["task"]) == ("tiny-i2v", "i2v")
+    assert decoded.shape == (9, 32, 64, 3) and fps == 16
+
+
+def test_first_last_frame_to_video(client: httpx.Client) -> None:
+    video = create(client, data={"prompt": "day to night", "num_frames": "9"},
+                   files={"input_reference": ("a.png", png(seed=1), "image/png"),
+                          "last_image": ("b.png", png(seed=2), "image/png")})
+    video, decoded, _ = finished_mp4(client, video)
+    assert (video["model"], video["task"]) == ("tiny-flf2v", "flf2v")
+    assert len(decoded) == 9
+
+
+def test_image_to_video_with_a_data_url_and_ti2v(client: httpx.Client) -> None:
+    url = "data:image/png;base64," + base64.b64encode(png()).decode()
+    video = create(client, json={"prompt": "go", "model": "tiny-ti2v", "num_frames": 9,
+                                 "input_reference": {"image_url": url}})
+    video, decoded, fps = finished_mp4(client, video)
+    assert video["task"] == "i2v" and fps == 24 and len(decoded) == 9
+
+
+def test_vace_edit_with_video_and_mask(client: httpx.Client) -> None:
+    video = create(client, data={"prompt": "replace the sky"},
+                   files={"video": ("src.mp4", mp4(frames=9), "video/mp4"),
+                          "mask": ("mask.mp4", mp4(frames=9, value=255), "video/mp4")})
+    video, decoded, _ = finished_mp4(client, video)
+    assert (video["model"], video["task"]) == ("tiny-vace", "vace")
+    assert decoded.shape == (9, 32, 64, 3)
+
+
+def test_video_to_video_on_a_t2v_model(client: httpx.Client) -> None:
+    video = create(client, data={"prompt": "as a watercolour", "strength": "0.5"},
+                   files={"video": ("src.mp4", mp4(frames=13), "video/mp4")})
+    video, decoded, _ = finished_mp4(client, video)
+    assert (video["model"], video["task"]) == ("tiny-t2v", "v2v")
+    assert len(decoded) == 13
+
+
+@pytest.mark.parametrize("response_format", ["b64_json", "url"])
+def test_text_to_image(client: httpx.Client, response_format: str) -> None:
+    r = client.post("/v1/images/generations",
+                    json={"prompt": "a red apple", "n": 2, "size": "32x64", "response_format": response_format})
+    assert r.status_code == 200, r.text
+    images = []
+    for item in r.json()["data"]:
+        data = base64.b64decode(item["b64_json"]) if response_format == "b64_json" else httpx.get(item["url"]).content
+        images.append(Image.open(io.BytesIO(data)))
+    assert [(i.format, i.size) for i in images] == [("PNG", (32, 64))] * 2
+    assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1])), "n images use consecutive seeds"
+
+
+def test_openai_sdk_create_poll_download_list_delete(serve_url: str, tmp_path) -> None:
+    client = OpenAI(base_url=f"{serve_url}/v1", api_key="unused")
+    video = client.videos.create(prompt="a paper boat", model="tiny-t2v", seconds="4", size="64x32",
+                                 extra_body={"num_inference_steps": 2, "seed": 5})
+    assert video.status == "queued" and video.seconds == "4"
+    deadline = time.monotonic() + 120
+    while video.status not in DONE and time.monotonic() < deadline:
+        time.sleep(0.05)
+        video = client.videos.retrieve(video.id)
+    assert video.status == "completed" and video.progress == 100
+    client.videos.download_content(video.id).write_to_file(tmp_path / "out.mp4")
+    frames, fps, _ = probe((tmp_path / "out.mp4").read_bytes())
+    assert frames.shape == (65, 32, 64, 3) and fps == 16  # 4 s at 16 fps on the 4k+1 grid
+    thumb = client.videos.download_content(video.id, variant="thumbnail").read()
+    assert Image.open(io.BytesIO(thumb)).format == "WEBP"
+    page = client.videos.list(limit=100, order="desc")
+    assert video.id in [v.id for v in page.data]
+    deleted = client.videos.delete(video.id)
+    assert deleted.deleted and deleted.id == video.id
+    with pytest.raises(openai.NotFoundError):
+        client.videos.retrieve(video.id)
+
+
+def test_openai_sdk_uploads_an_image_reference(serve_url: str) -> None:
+    client = OpenAI(base_url=f"{serve_url}/v1", api_key="unused")
+    video = client.videos.create(prompt="pan left", input_reference=("cat.png", png(), "image/png"), size="64x32",
+                                 extra_body={"num_frames": 5})
+    assert (video.model, video.status) == ("tiny-i2v", "queued")
+
+
+def test_image_url_form_key(client: httpx.Client) -> None:
+    url = "data:image/png;base64," + base64.b64encode(png()).decode()
+    video = create(client, data={"prompt": "pan right", "num_frames": "5", "input_reference[image_url]": url})
+    assert video["model"] == "tiny-i2v"
+
+
+def test_list_pages_with_after(client: httpx.Client) -> None:
+    ids = [create(client, json={"prompt": f"p{i}", "num_frames": 1, "task": "t2i"})["id"] for i in range(3)]
+    first = client.get("/v1/videos", params={"limit": 2, "order": "desc"}).json()
+    assert [v["id"] for v in first["data"]] == ids[::-1][:2] and first["has_more"]
+    second = client.get("/v1/videos", params={"limit": 2, "order": "desc", "after": first["last_id"]}).json()
+    assert second["data"][0]["id"] == ids[0]
+
+
+def test_progress_rises_step_by_step(client: httpx.Client) -> None:
+    video = create(client, json={"prompt": "a long one", "num_frames": 81, "num_inference_steps": 60})
+    seen: list[int] = []
+    while (v := client.get(f"/v1/videos/{video['id']}").json())["status"] not in DONE:
+        seen.append(v["progress"])
+        time.sleep(0.02)
+    assert v["status"] == "completed" and v["progress"] == 100
+    assert seen == sorted(seen), "progress never goes back"
+    assert len({p for p in seen if 0 < p < 100}) >= 3, f"progress must move during the run, saw {seen}"
+
+
+def test_delete_stops_a_running_job_within_a_step(client: httpx.Client) -> None:
+    video = create(client, json={"prompt": "never finished", "num_frames": 81, "num_inference_steps": 200})
+    while (v := client.get(f"/v1/videos/{video['id']}").json())["step"] < 3:
+        assert v["status"] not in DONE, v
+        time.sleep(0.02)
+    r = client.delete(f"/v1/videos/{video['id']}")
+    assert r.status_code == 200 and r.json() == {"id": video["id"], "object": "video.deleted", "deleted": True}
+    v = wait_for(client, video["id"], DONE)
+    assert v["status"] == "cancelled" and v["error"]["code"] == "cancelled"
+    job = tracker_job(video["id"])
+    assert job.step <= job.cancel_step + 1 < 200, (job.step, job.cancel_step)
+    assert client.get(f"/v1/videos/{video['id']}/content").status_code == 409
+    # the generator is free again at once: the next job completes
+    finished_mp4(client, create(client, json={"prompt": "next", "num_frames": 5}))
+
+
+def test_same_seed_same_video(client: httpx.Client) -> None:
+    body = {"prompt": "a windmill", "num_frames": 9, "seed": 1234}
+    a = finished_mp4(client, create(client, json=body))[1]
+    b = finished_mp4(client, create(client, json=body))[1]
+    c = finished_mp4(client, create(client, json={**body, "seed": 1235}))[1]
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "param"),
+    [
+        ({"json": {"prompt": "x", "model": "sora-2"}}, 400, "model"),
+        ({"json": {"prompt": "x", "model": "tiny-i2v"}}, 400, "input_reference"),
+        ({"json": {"prompt": "x", "model": "tiny-t2v", "task": "flf2v"}}, 400, "model"),
+        ({"data": {"prompt": "x", "model": "tiny-t2v"}, "files": {"input_reference": ("a.png", png(), "image/png")}},
+         400, "model"),
+        ({"json": {"prompt": "x", "size": "65x32"}}, 400, "size"),
+        ({"json": {"prompt": "x", "size": "1280x720"}}, 400, "size"),
+        ({"json": {"prompt": "x", "size": "big"}}, 400, "size"),
+        ({"json": {"prompt": "x", "num_frames": 85}}, 400, "num_frames"),
+        ({"json": {"prompt": "x", "num_frames": 10}}, 400, "num_frames"),
+        ({"json": {"prompt": "x", "seconds": 12}}, 400, "seconds"),
+        ({"data": {"prompt": "x"}, "files": {"input_reference": ("a.png", b"GIF? no, text", "image/png")}},
+         422, "input_reference"),
+        ({"json": {"prompt": "x", "input_reference": "https://example.com/a.png"}}, 400, "input_reference"),
+        ({"json": {"model": "tiny-t2v"}}, 400, "prompt"),
+        ({"data": {"prompt": ""}}, 400, "prompt"),
+        ({"json": {"prompt": "x", "num_inference_steps": "many"}}, 400, "num_inference_steps"),
+        ({"json": {"prompt": "x", "guidance_scale_2": 2.0}}, 400, "guidance_scale_2"),
+        ({"json": {"prompt": "x", "colour": "red"}}, 400, "colour"),
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, None),
+        ({"content": b"prompt=x", "headers": {"content-type": "text/plain"}}, 400, None),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(client: httpx.Client, kwargs: dict, status: int, param: str | None) -> None:
+    r = client.post("/v1/videos", **kwargs)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_unknown_ids_and_bad_queries(client: httpx.Client) -> None:
+    r = client.get("/v1/videos/video_nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert client.delete("/v1/videos/video_nope").status_code == 404
+    assert client.get("/v1/videos", params={"limit": 0}).json()["error"]["param"] == "limit"
+    r = client.post("/v1/images/generations", json={"prompt": "x", "model": "tiny-i2v"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+
+
+def test_too_large_upload_is_413(client: httpx.Client) -> None:
+    r = client.post("/v1/videos", data={"prompt": "x"},
+                    files={"input_reference": ("big.png", b"\0" * (65 * 2**20), "image/png")})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+
+
+def test_models_and_health(client: httpx.Client) -> None:
+    models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert set(models) == {"tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v", "tiny-a14b"}
+    assert models["tiny-flf2v"]["tasks"] == ["flf2v"]
+    assert models["tiny-ti2v"]["fps"] == 24
+    assert models["tiny-t2v"]["replicas"]["states"].get("RUNNING") == 1
+    assert client.get("/health").json() == {"status": "ok"}

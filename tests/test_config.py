@@ -1,0 +1,60 @@
+"""The app config is one typed schema, validated at startup with messages that say what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serve_app.app import ConfigError, generator_options, load_config, memory_fraction
+from serve_app.config import ModelConfig
+from serve_app.router import generator_name
+
+CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate(path: Path) -> None:
+    for app in yaml.safe_load(path.read_text())["applications"]:
+        assert app["import_path"] == "serve_app.app:build_app"
+        config = load_config(app["args"])
+        assert Path(config.job_db).is_absolute() and Path(config.storage.root).is_absolute()
+
+
+def test_embedded_default_serves_every_tiny_family_on_cpu() -> None:
+    app = yaml.safe_load(Path("configs/serve.yaml").read_text())["applications"][0]
+    config = load_config(app["args"])
+    assert {m.name for m in config.models} == {"tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v",
+                                               "tiny-a14b"}
+    assert all(m.ray_actor_options.get("num_gpus", 0) == 0 for m in config.models)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"models": []}, "at least 1"),
+        ({"models": [{"name": "Wan9-T2V"}]}, "unknown Wan variant"),
+        ({"models": [{"name": "tiny-t2v", "default_for": ["i2v"]}]}, "cannot be the default for i2v"),
+        ({"models": [{"name": "tiny-t2v", "autoscaling_config": {"min_replica": 1}}]}, "min_replica"),
+        ({"models": [{"name": "tiny-t2v", "num_replicas": 2, "autoscaling_config": {"max_replicas": 2}}]},
+         "not both"),
+        ({"models": [{"name": "tiny-t2v"}, {"name": "tiny-t2v"}]}, "listed once"),
+        ({"models": [{"name": "tiny-t2v", "gpu_fraction": 0.5}]}, "gpu_fraction"),
+    ],
+)
+def test_bad_config_fails_at_startup_with_a_clear_message(args: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(args)
+
+
+def test_generator_placement_follows_the_model_config() -> None:
+    m = ModelConfig(name="Wan2.1-T2V-1.3B", ray_actor_options={"num_gpus": 0.5},
+                    autoscaling_config={"min_replicas": 1, "max_replicas": 4})
+    options = generator_options(m)
+    assert options["name"] == generator_name(m.name) == "Generator-Wan2_1-T2V-1_3B"
+    assert options["max_ongoing_requests"] == 1
+    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4}
+    assert options["graceful_shutdown_timeout_s"] >= 600
+    assert memory_fraction(m) == 0.5  # two replicas share a card, each capped at half of it
+    assert memory_fraction(ModelConfig(name="Wan2.1-T2V-14B", ray_actor_options={"num_gpus": 1})) is None

@@ -1,0 +1,163 @@
+"""pipelines/ without Ray: the catalog, every tiny twin, reproducibility, progress, cancellation,
+the save_pretrained / from_pretrained round trip, and video I/O."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.generate import generate
+from pipelines.loading import load_model, save_model
+from pipelines.request import GenerationCancelled, GenerationRequest, InvalidRequest, check_request
+from pipelines.variants import CATALOG, Family, Task, get_variant
+from pipelines.video import MediaError, decode_image, decode_video, encode_mp4, thumbnail_webp
+from tests.media import probe
+
+REAL = [
+    "Wan2.1-T2V-1.3B", "Wan2.1-T2V-14B", "Wan2.1-I2V-14B-480P", "Wan2.1-I2V-14B-720P", "Wan2.1-FLF2V-14B-720P",
+    "Wan2.1-VACE-1.3B", "Wan2.1-VACE-14B", "Wan2.2-T2V-A14B", "Wan2.2-I2V-A14B", "Wan2.2-TI2V-5B",
+]
+TWIN_TASK = {"tiny-t2v": Task.T2V, "tiny-i2v": Task.I2V, "tiny-flf2v": Task.FLF2V, "tiny-vace": Task.VACE,
+             "tiny-ti2v": Task.T2V, "tiny-a14b": Task.T2V}
+
+
+@pytest.fixture(scope="module")
+def models() -> dict:
+    return {}
+
+
+def model(models: dict, name: str):
+    if name not in models:
+        models[name] = load_model(get_variant(name))
+    return models[name]
+
+
+def request_for(name: str, task: Task, frames: int = 9, steps: int = 3, seed: int = 7) -> GenerationRequest:
+    v = get_variant(name)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)
+    video = rng.integers(0, 256, (frames, 32, 64, 3), dtype=np.uint8)
+    return GenerationRequest(
+        task=task, prompt="a red fox in snow", width=64, height=32, num_frames=frames, num_inference_steps=steps,
+        guidance_scale=v.guidance_scale, guidance_scale_2=v.guidance_scale_2, seed=seed, flow_shift=v.flow_shift,
+        image=image if task in (Task.I2V, Task.FLF2V) else None,
+        last_image=image[::-1].copy() if task is Task.FLF2V else None,
+        video=video if task in (Task.V2V, Task.VACE) else None,
+        mask=np.full((frames, 32, 64), 255, np.uint8) if task is Task.VACE else None,
+    )
+
+
+def test_catalog_has_the_real_variants_with_native_timing() -> None:
+    for name in REAL:
+        v = CATALOG[name]
+        assert v.repo_id and v.repo_id.startswith("Wan-AI/"), name
+        assert v.fps == (24 if name == "Wan2.2-TI2V-5B" else 16)
+    assert CATALOG["Wan2.1-T2V-1.3B"].frames_for_seconds(5) == 81
+    assert CATALOG["Wan2.2-TI2V-5B"].frames_for_seconds(5) == 121
+    assert CATALOG["Wan2.2-T2V-A14B"].boundary_ratio == 0.875
+    assert CATALOG["Wan2.1-T2V-14B"].sizes["720p"] == (1280, 720)
+    assert CATALOG["Wan2.1-T2V-1.3B"].sizes["480p-portrait"] == (480, 832)
+    assert {v.family for v in CATALOG.values() if v.tiny} == set(Family)
+
+
+@pytest.mark.parametrize("name", list(TWIN_TASK))
+def test_every_tiny_twin_generates_reproducibly(models: dict, name: str) -> None:
+    m = model(models, name)
+    req = request_for(name, TWIN_TASK[name])
+    steps: list[tuple[int, int]] = []
+    first = generate(m, req, lambda done, total: steps.append((done, total)) or True)
+    assert first.shape == (9, 32, 64, 3) and first.dtype == np.uint8
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert np.array_equal(first, generate(m, req)), "same seed and inputs must give identical frames"
+    assert not np.array_equal(first, generate(m, replace(req, seed=8)))
+
+
+@pytest.mark.parametrize(("name", "task", "frames"), [("tiny-ti2v", Task.I2V, 9), ("tiny-t2v", Task.V2V, 9),
+                                                      ("tiny-t2v", Task.T2I, 1), ("tiny-vace", Task.T2V, 9)])
+def test_task_views_share_the_loaded_weights(models: dict, name: str, task: Task, frames: int) -> None:
+    m = model(models, name)
+    out = generate(m, request_for(name, task, frames=frames))
+    assert out.shape == (frames, 32, 64, 3)
+    assert m.pipeline_for(task).transformer is m.pipeline.transformer
+
+
+def test_cancel_stops_within_a_step_before_the_vae_decode(models: dict) -> None:
+    m = model(models, "tiny-t2v")
+    decodes = 0
+    original = m.pipeline.vae.decode
+
+    def counting_decode(*args, **kwargs):
+        nonlocal decodes
+        decodes += 1
+        return original(*args, **kwargs)
+
+    m.pipeline.vae.decode = counting_decode
+    try:
+        seen: list[int] = []
+        with pytest.raises(GenerationCancelled):
+            generate(m, request_for("tiny-t2v", Task.T2V, steps=10), lambda done, total: seen.append(done) or done < 2)
+        assert seen == [1, 2], "the step after the cancel must not run"
+        assert decodes == 0
+    finally:
+        del m.pipeline.vae.decode
+
+
+def test_from_pretrained_round_trip_offline(models: dict, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("tiny-i2v", "tiny-a14b"):
+        original = model(models, name)
+        save_model(original, tmp_path / name)
+        loaded = load_model(get_variant(name), str(tmp_path / name), dtype="float32")
+        assert type(loaded.pipeline) is type(original.pipeline)
+        req = request_for(name, TWIN_TASK[name])
+        assert np.array_equal(generate(original, req), generate(loaded, req))
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"prompt": "  "}, "prompt"),
+        ({"width": 70}, "size"),
+        ({"width": 640, "height": 640}, "size"),
+        ({"num_frames": 10}, "num_frames"),
+        ({"num_frames": 85}, "num_frames"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"guidance_scale_2": 3.0}, "guidance_scale_2"),
+        ({"task": Task.I2V}, "model"),
+        ({"image": np.zeros((32, 64, 3), np.uint8)}, "input_reference"),
+    ],
+)
+def test_check_request_names_the_field(change: dict, param: str) -> None:
+    req = replace(request_for("tiny-t2v", Task.T2V), **change)
+    with pytest.raises(InvalidRequest) as err:
+        check_request(get_variant("tiny-t2v"), req)
+    assert err.value.param == param
+
+
+def test_mp4_has_exact_frames_size_and_fps() -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (17, 32, 64, 3), dtype=np.uint8)
+    data = encode_mp4(frames, fps=24)
+    decoded, fps, codec = probe(data)
+    assert decoded.shape == (17, 32, 64, 3)
+    assert fps == 24 and codec == "h264"
+    again, rate = decode_video(data)
+    assert again.shape == decoded.shape and rate == 24
+
+
+def test_thumbnail_is_a_256px_webp_of_the_middle_frame() -> None:
+    frames = np.zeros((9, 32, 64, 3), np.uint8)
+    frames[4] = 255
+    img = Image.open(io.BytesIO(thumbnail_webp(frames)))
+    assert img.format == "WEBP" and img.size == (256, 128)
+    assert np.asarray(img.convert("RGB")).mean() > 250
+
+
+def test_uploads_that_are_not_media_are_rejected() -> None:
+    with pytest.raises(MediaError):
+        decode_image(b"%PDF-1.4 not an image")
+    with pytest.raises(MediaError):
+        decode_video(b"\x00" * 1000)

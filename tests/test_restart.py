@@ -1,0 +1,38 @@
+"""Jobs survive an application restart: completed ones stay retrievable, in-flight ones end failed."""
+
+from __future__ import annotations
+
+import httpx
+from ray import serve
+
+from serve_app.app import build_app
+from tests.conftest import app_args, wait_for
+from tests.media import probe
+
+DONE = {"completed", "failed", "cancelled"}
+
+
+def test_restart_keeps_finished_jobs_and_fails_interrupted_ones(serve_url: str, tmp_path) -> None:
+    # A generator that gives up in-flight work 1 s into shutdown, so the restart interrupts a running job.
+    args = app_args(tmp_path, ["tiny-t2v"], graceful_shutdown_timeout_s=1)
+    serve.run(build_app(args), name="restart", route_prefix="/restart")
+    with httpx.Client(base_url=f"{serve_url}/restart", timeout=60) as client:
+        done = client.post("/v1/videos", json={"prompt": "kept", "num_frames": 9}).json()
+        assert wait_for(client, done["id"], DONE)["status"] == "completed"
+        running = client.post("/v1/videos", json={"prompt": "cut short", "num_frames": 81,
+                                                  "num_inference_steps": 200}).json()
+        wait_for(client, running["id"], {"in_progress"})
+
+        serve.delete("restart")
+        serve.run(build_app(args), name="restart", route_prefix="/restart")
+
+        kept = client.get(f"/v1/videos/{done['id']}").json()
+        assert kept["status"] == "completed"
+        frames, _, _ = probe(client.get(f"/v1/videos/{done['id']}/content").content)
+        assert len(frames) == 9
+        lost = client.get(f"/v1/videos/{running['id']}").json()
+        assert lost["status"] == "failed", lost
+        assert lost["error"]["code"] in {"interrupted", "generation_failed"} and lost["error"]["message"]
+        listed = [v["id"] for v in client.get("/v1/videos").json()["data"]]
+        assert listed == [running["id"], done["id"]]
+    serve.delete("restart")
