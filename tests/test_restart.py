@@ -13,8 +13,9 @@ DONE = {"completed", "failed", "cancelled"}
 
 
 def test_restart_keeps_finished_jobs_and_fails_interrupted_ones(serve_url: str, tmp_path) -> None:
-    # A generator that gives up in-flight work 1 s into shutdown, so the restart interrupts a running job.
-    args = app_args(tmp_path, ["tiny-t2v"], graceful_shutdown_timeout_s=1)
+    # A generator that gives up in-flight work 1 s into shutdown, so the restart interrupts a running job;
+    # and room for one job at a time, so a second one is turned away while it runs.
+    args = app_args(tmp_path, ["tiny-t2v"], graceful_shutdown_timeout_s=1, max_queued_jobs=1)
     serve.run(build_app(args), name="restart", route_prefix="/restart")
     with httpx.Client(base_url=f"{serve_url}/restart", timeout=60) as client:
         done = client.post("/v1/videos", json={"prompt": "kept", "num_frames": 9}).json()
@@ -22,6 +23,9 @@ def test_restart_keeps_finished_jobs_and_fails_interrupted_ones(serve_url: str, 
         running = client.post("/v1/videos", json={"prompt": "cut short", "num_frames": 81,
                                                   "num_inference_steps": 200}).json()
         wait_for(client, running["id"], {"in_progress"})
+        full = client.post("/v1/videos", json={"prompt": "one too many"})
+        assert full.status_code == 429 and full.headers["retry-after"]
+        assert full.json()["error"]["type"] == "rate_limit_error"
 
         serve.delete("restart")
         serve.run(build_app(args), name="restart", route_prefix="/restart")
