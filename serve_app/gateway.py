@@ -39,6 +39,7 @@ from serve_app.schemas import (
     VideoDeleted,
     VideoError,
     VideoList,
+    VideoPlan,
 )
 
 log = logging.getLogger("ray.serve")
@@ -63,6 +64,14 @@ def to_video(job: Job) -> Video:
         task=job.task, num_frames=p["num_frames"], fps=p["fps"], seed=p["seed"],
         num_inference_steps=p["num_inference_steps"], step=job.step, plan=job.plan,
     )
+
+
+def job_params(routed: Routed) -> dict[str, Any]:
+    """The resolved generation parameters a client sees on the video object."""
+    req = routed.request
+    return {"size": f"{req.width}x{req.height}", "num_frames": req.num_frames, "fps": routed.fps,
+            "seconds": f"{routed.variant.seconds_for_frames(req.num_frames):g}", "seed": req.seed,
+            "num_inference_steps": req.num_inference_steps}
 
 
 async def read_body(request: Request, max_bytes: int) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -132,10 +141,7 @@ class Gateway:
         req, variant = routed.request, routed.variant
         job = Job(
             id=f"{kind}_{uuid.uuid4().hex}", kind=kind, model=variant.name, task=req.task.value,
-            prompt=req.prompt, plan=routed.plan.model_dump(),
-            params={"size": f"{req.width}x{req.height}", "num_frames": req.num_frames, "fps": routed.fps,
-                    "seconds": f"{variant.seconds_for_frames(req.num_frames):g}", "seed": req.seed,
-                    "num_inference_steps": req.num_inference_steps},
+            prompt=req.prompt, plan=routed.plan.model_dump(), params=job_params(routed),
         )
         limit = self._config.model(variant.name).max_queued_jobs
         try:
@@ -174,8 +180,8 @@ class Gateway:
 
     # --- /v1/videos ---------------------------------------------------------------------------------
 
-    @api.post("/v1/videos", response_model=Video)
-    async def create_video(self, request: Request) -> JSONResponse:
+    @api.post("/v1/videos", response_model=Video | VideoPlan)
+    async def create_video(self, request: Request, dry_run: bool = False) -> JSONResponse:
         fields, raw = await read_body(request, self._max_bytes)
         try:
             body = VideoCreateRequest.model_validate(fields)
@@ -184,6 +190,10 @@ class Gateway:
         media = decode_media(media_from_fields(body, raw))
         params = body.model_dump(exclude=set(MEDIA_FIELDS))
         routed = route(self._config, Fields(**params), media)
+        if dry_run:
+            plan = VideoPlan(model=routed.variant.name, task=routed.request.task.value,
+                             plan=routed.plan.model_dump(), **job_params(routed))
+            return JSONResponse(plan.model_dump())
         job, _ = await self._submit("video", routed)
         return JSONResponse(to_video(job).model_dump(), headers=self._poll)
 

@@ -82,6 +82,21 @@ class VideoList(BaseModel):
     has_more: bool
 
 
+class VideoPlan(BaseModel):
+    """POST /v1/videos?dry_run=true: what would run, with every default resolved; nothing is queued."""
+
+    object: Literal["video.plan"] = "video.plan"
+    model: str
+    task: str
+    size: str
+    num_frames: int
+    seconds: str
+    fps: int
+    seed: int
+    num_inference_steps: int
+    plan: dict[str, Any]
+
+
 class VideoDeleted(BaseModel):
     id: str
     object: Literal["video.deleted"] = "video.deleted"

@@ -154,6 +154,18 @@ def test_image_url_form_key(client: httpx.Client) -> None:
     assert video["model"] == "tiny-i2v"
 
 
+def test_dry_run_returns_the_plan_without_queueing(client: httpx.Client) -> None:
+    before = client.get("/v1/videos", params={"limit": 1}).json()["last_id"]
+    r = client.post("/v1/videos", params={"dry_run": "true"}, data={"prompt": "a dry run", "seconds": "5"},
+                    files={"input_reference": ("a.png", png(), "image/png")})
+    assert r.status_code == 200, r.text
+    plan = r.json()
+    assert (plan["object"], plan["model"], plan["task"], plan["num_frames"]) == ("video.plan", "tiny-i2v", "i2v", 81)
+    assert [s["kind"] for s in plan["plan"]["stages"]] == ["generate", "encode", "store"]
+    assert plan["plan"]["stages"][0]["deployment"] == "Generator-tiny-i2v"
+    assert client.get("/v1/videos", params={"limit": 1}).json()["last_id"] == before
+
+
 def test_list_pages_with_after(client: httpx.Client) -> None:
     ids = [create(client, json={"prompt": f"p{i}", "num_frames": 1, "task": "t2i"})["id"] for i in range(3)]
     first = client.get("/v1/videos", params={"limit": 2, "order": "desc"}).json()
