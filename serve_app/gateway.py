@@ -163,7 +163,7 @@ class Gateway:
     async def _job(self, job_id: str, kind: str = "video") -> Job:
         job = await self._tracker.get.remote(job_id) if job_id.startswith(f"{kind}_") else None
         if job is None:
-            raise APIError(404, f"no {kind} with id {job_id!r}", param="video_id", code="not_found")
+            raise APIError(404, f"no {kind} with id {job_id!r}", param=f"{kind}_id", code="not_found")
         return job
 
     def _asset(self, job: Job, name: str) -> Response:
