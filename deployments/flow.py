@@ -12,16 +12,14 @@ import logging
 from typing import Any
 
 from ray import serve
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle
 
 from deployments.jobstore import JobStatus
 from deployments.plan import Plan, Stage
-from deployments.storage import open_storage
+from deployments.storage import ASSET_TYPES, asset_key, open_storage
 from pipelines.request import GenerationCancelled, GenerationRequest, InvalidRequest
 
 log = logging.getLogger("ray.serve")
-
-CONTENT_TYPES = {"video": ("mp4", "video/mp4"), "thumbnail": ("webp", "image/webp"), "image": ("png", "image/png")}
 
 
 @serve.deployment(max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
@@ -64,18 +62,14 @@ class FlowRunner:
                 return self._generators[stage.params["model"]].generate.remote(job_id, request)
             case "encode":
                 return self._encoder.encode.remote(upstream, **stage.params)
-            case "store":
-                encoded = await upstream if isinstance(upstream, DeploymentResponse) else upstream
-                return await asyncio.to_thread(self._store, job_id, encoded)
+            case "store":  # follows encode: `upstream` is the encoder's response
+                return await asyncio.to_thread(self._store, job_id, await upstream)
         raise ValueError(f"unknown stage {stage.kind!r}")
 
     def _store(self, job_id: str, encoded: dict[str, bytes]) -> dict[str, str]:
-        assets = {}
+        assets = {name: asset_key(name, job_id) for name in encoded}
         for name, data in encoded.items():
-            ext, content_type = CONTENT_TYPES[name]
-            key = f"{name}s/{job_id}.{ext}"
-            self._storage.put(key, data, content_type)
-            assets[name] = key
+            self._storage.put(assets[name], data, ASSET_TYPES[name][1])
         return assets
 
 

@@ -20,7 +20,7 @@ from pipelines.variants import get_variant
 REPORT_TIMEOUT_S = 30.0
 
 
-@serve.deployment(max_ongoing_requests=1, graceful_shutdown_timeout_s=600)
+@serve.deployment(max_ongoing_requests=1)
 class WanGenerator:
     def __init__(
         self,

@@ -11,6 +11,14 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
+# The deliverables a job can have: file extension and media type, shared by the writer and the server.
+ASSET_TYPES = {"video": ("mp4", "video/mp4"), "thumbnail": ("webp", "image/webp"), "image": ("png", "image/png")}
+
+
+def asset_key(name: str, job_id: str) -> str:
+    """Where a job's `name` asset is stored: `videos/<id>.mp4`, `thumbnails/<id>.webp`, `images/<id>.png`."""
+    return f"{name}s/{job_id}.{ASSET_TYPES[name][0]}"
+
 
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...

@@ -26,7 +26,8 @@ class ModelConfig(_Strict):
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
     cpu_offload: bool = False
     default_for: list[Task] = Field(default_factory=list, description="tasks this model serves by default")
-    num_replicas: int | None = Field(None, ge=1, description="fixed replicas; leave unset to autoscale")
+    num_replicas: int | None = Field(None, ge=1, description="a fixed replica count (default 1), "
+                                                             "or set autoscaling_config instead")
     autoscaling_config: dict[str, Any] | None = None
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
     max_queued_jobs: int = Field(64, ge=1, description="queued + running jobs before 429")
@@ -51,7 +52,7 @@ class ModelConfig(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _tasks(self) -> ModelConfig:
+    def _consistent(self) -> ModelConfig:
         variant = get_variant(self.name)
         if self.num_replicas is not None and self.autoscaling_config is not None:
             raise ValueError(f"{self.name}: set num_replicas or autoscaling_config, not both")

@@ -8,6 +8,7 @@ import base64
 import logging
 import time
 import uuid
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
@@ -21,13 +22,13 @@ from starlette.datastructures import UploadFile
 from deployments.jobs import QueueFull
 from deployments.jobstore import Job, JobStatus
 from deployments.plan import Plan
-from deployments.storage import open_storage
+from deployments.storage import ASSET_TYPES, open_storage
 from pipelines.request import GenerationRequest
 from pipelines.variants import CATALOG, Task
 from serve_app.config import AppConfig
 from serve_app.errors import APIError, from_validation_error, handle_api_error, handle_validation_error
 from serve_app.media import data_url_bytes, decode_media
-from serve_app.router import Fields, Routed, generator_name, route
+from serve_app.router import Fields, Media, Routed, generator_name, route
 from serve_app.schemas import (
     ImageData,
     ImageGenerationRequest,
@@ -45,7 +46,6 @@ from serve_app.schemas import (
 log = logging.getLogger("ray.serve")
 
 MEDIA_FIELDS = ("input_reference", "last_image", "video", "mask")
-MEDIA_TYPES = {"video": "video/mp4", "thumbnail": "image/webp", "image": "image/png"}
 RETRY_AFTER_S = 30
 
 api = FastAPI(title="wan-serve", summary="Every Wan task behind an OpenAI-compatible video API")
@@ -175,8 +175,8 @@ class Gateway:
             raise APIError(404, f"{job.id} has no {name}", param="variant", code="not_found")
         path = self._storage.local_path(key)
         if path is not None:
-            return FileResponse(path, media_type=MEDIA_TYPES[name])
-        return Response(self._storage.get(key), media_type=MEDIA_TYPES[name])
+            return FileResponse(path, media_type=ASSET_TYPES[name][1])
+        return Response(self._storage.get(key), media_type=ASSET_TYPES[name][1])
 
     # --- /v1/videos ---------------------------------------------------------------------------------
 
@@ -238,10 +238,10 @@ class Gateway:
     async def generate_images(self, request: Request, body: ImageGenerationRequest) -> ImagesResponse:
         params = body.model_dump(exclude={"n", "response_format", "quality", "style", "user"})
         fields = Fields(**params, task=Task.T2I, num_frames=1)
-        routed = [route(self._config, fields, decode_media({}), output="png") for _ in range(body.n)]
-        for i, r in enumerate(routed[1:], start=1):  # n images: consecutive seeds, reproducible together
-            r.request.seed = routed[0].request.seed + i
-            r.plan.stages[0].params["seed"] = r.request.seed
+        first = route(self._config, fields, Media(), output="png")
+        seed = first.request.seed  # n images take consecutive seeds, so the set is reproducible from one
+        routed = [first] + [route(self._config, replace(fields, seed=seed + i), Media(), output="png")
+                            for i in range(1, body.n)]
         submitted = [await self._submit("image", r) for r in routed]
         await asyncio.gather(*(task for _, task in submitted))
         data = []
