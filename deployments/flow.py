@@ -1,23 +1,30 @@
 """FlowRunner: executes a job's Plan stage by stage through DeploymentHandles.
 
-Frames never come here: the generator's DeploymentResponse is handed to the encoder as a top-level
-argument, so Ray moves the uint8 array through the object store from one replica to the other.
-Every job ends completed, failed (with a reason) or cancelled, whatever a stage raises.
+Frames never come here: each stage's DeploymentResponse is handed to the next stage as a top-level
+argument, so Ray moves the uint8 arrays through the object store from one replica to the other. The
+runner waits for a stage to finish without fetching its result, records the next stage on the job, and
+stops there if the job was cancelled. Every job ends completed, failed (with the stage named) or
+cancelled, whatever a stage raises; a job with a webhook then gets its signed event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import ray
 from ray import serve
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from deployments.jobstore import JobStatus
-from deployments.plan import Plan, Stage
-from deployments.storage import ASSET_TYPES, asset_key, open_storage
-from pipelines.request import GenerationCancelled, GenerationRequest, InvalidRequest
+from deployments.assets import AssetStore
+from deployments.jobstore import Job, JobStatus
+from deployments.plan import FlowInputs, Plan, StageFailed
+from deployments.storage import S3Config
+from pipelines.request import GenerationCancelled, InvalidRequest
 
 log = logging.getLogger("ray.serve")
 
@@ -27,50 +34,93 @@ class FlowRunner:
     def __init__(
         self,
         generators: dict[str, DeploymentHandle],
-        encoder: DeploymentHandle,
+        stages: dict[str, DeploymentHandle],
         tracker: DeploymentHandle,
-        storage_kind: str,
         storage_root: str,
+        s3: S3Config | None = None,
+        public_url: str = "",
     ) -> None:
         self._generators = generators
-        self._encoder = encoder
+        self._stages = stages  # extend, interpolate, encode, upload, notify
         self._tracker = tracker
-        self._storage = open_storage(storage_kind, storage_root)
+        self._store = AssetStore(storage_root, s3)
+        self._public_url = public_url
+        self._waiters = ThreadPoolExecutor(max_workers=64, thread_name_prefix="settle")
 
-    async def run(self, job_id: str, plan: Plan, request: GenerationRequest) -> None:
+    async def run(self, job_id: str, plan: Plan, inputs: FlowInputs) -> None:
+        current: list[str] = ["queued"]
+        finish = self._tracker.finish.remote
         try:
-            assets = await self._execute(job_id, plan, request)
+            assets, upload = await self._execute(job_id, plan, inputs, current)
         except GenerationCancelled:
-            await self._tracker.finish.remote(job_id, JobStatus.CANCELLED, error=("cancelled", "cancelled by request"))
+            job = await finish(job_id, JobStatus.CANCELLED, error=("cancelled", "cancelled by request"))
         except InvalidRequest as exc:
-            await self._tracker.finish.remote(job_id, JobStatus.FAILED, error=("invalid_request", exc.message))
-        except Exception as exc:
-            log.exception("job %s failed", job_id)
-            await self._tracker.finish.remote(job_id, JobStatus.FAILED, error=("generation_failed", _reason(exc)))
+            job = await finish(job_id, JobStatus.FAILED, error=("invalid_request", exc.message))
+        except StageFailed as exc:
+            log.warning("job %s failed in %s: %s", job_id, exc.stage, exc.message)
+            job = await finish(job_id, JobStatus.FAILED, error=(f"{exc.stage}_failed", exc.message))
+        except Exception as exc:  # a replica died, or the runner itself broke: blame the stage it was in
+            log.exception("job %s failed in %s", job_id, current[0])
+            job = await finish(job_id, JobStatus.FAILED, error=(f"{current[0]}_failed", _reason(exc)))
         else:
-            await self._tracker.finish.remote(job_id, JobStatus.COMPLETED, assets=assets)
+            job = await finish(job_id, JobStatus.COMPLETED, assets=assets, upload=upload)
+        notify = next((s for s in plan.stages if s.kind == "notify"), None)
+        if notify is not None and job is not None:
+            delivery = await self._stages["notify"].notify.remote(notify.params["url"], self._event(job))
+            await self._tracker.annotate.remote(job_id, webhook=delivery)
 
-    async def _execute(self, job_id: str, plan: Plan, request: GenerationRequest) -> dict[str, str]:
-        value: Any = None
+    async def _execute(
+        self, job_id: str, plan: Plan, inputs: FlowInputs, current: list[str]
+    ) -> tuple[list[dict[str, Any]], dict | None]:
+        clips: list[DeploymentResponse] = []
+        encoded: list[DeploymentResponse] = []
         for stage in plan.stages:
-            value = await self._stage(job_id, stage, request, value)
-        return value
+            if stage.kind == "notify":
+                continue
+            current[0] = stage.kind
+            if not await self._tracker.stage.remote(job_id, stage.kind):
+                raise GenerationCancelled(f"cancelled before {stage.kind}")
+            p = stage.params
+            match stage.kind:
+                case "generate":
+                    generator = self._generators[p["model"]]
+                    clips = [generator.generate.remote(job_id, r, segment=i) for i, r in enumerate(inputs.requests)]
+                    await self._settle(clips)
+                case "extend":
+                    clips = [self._stages["extend"].extend.remote(
+                        job_id, clips[0], inputs.extension, model=p["model"], method=p["method"], window=p["window"],
+                        overlap=p["overlap"], extensions=p["extensions"], source=inputs.source,
+                        source_mask=inputs.source_mask)]
+                    await self._settle(clips)
+                case "interpolate":
+                    clips = [self._stages["interpolate"].interpolate.remote(
+                        clips[0], p["src_fps"], p["dst_fps"], p["num_frames"])]
+                    await self._settle(clips)
+                case "encode":
+                    encoded.append(self._stages["encode"].encode.remote(
+                        *clips, outputs=p["outputs"], audio=inputs.audio if p.get("audio") else None))
+                    await self._settle(encoded[-1:])
+                case "upload":
+                    return await self._stages["upload"].upload.remote(p["prefix"], *encoded)
+        raise ValueError(f"plan for {job_id} has no upload stage")
 
-    async def _stage(self, job_id: str, stage: Stage, request: GenerationRequest, upstream: Any) -> Any:
-        match stage.kind:
-            case "generate":
-                return self._generators[stage.params["model"]].generate.remote(job_id, request)
-            case "encode":
-                return self._encoder.encode.remote(upstream, **stage.params)
-            case "store":  # follows encode: `upstream` is the encoder's response
-                return await asyncio.to_thread(self._store, job_id, await upstream)
-        raise ValueError(f"unknown stage {stage.kind!r}")
+    async def _settle(self, responses: list[DeploymentResponse]) -> None:
+        """Wait until the stage's results exist, without fetching them here (errors surface downstream)."""
+        refs = [await r._to_object_ref() for r in responses]
+        await asyncio.get_running_loop().run_in_executor(
+            self._waiters, lambda: ray.wait(refs, num_returns=len(refs), fetch_local=False))
 
-    def _store(self, job_id: str, encoded: dict[str, bytes]) -> dict[str, str]:
-        assets = {name: asset_key(name, job_id) for name in encoded}
-        for name, data in encoded.items():
-            self._storage.put(assets[name], data, ASSET_TYPES[name][1])
-        return assets
+    def _event(self, job: Job) -> dict[str, Any]:
+        """The webhook event: the job and its assets, shaped like OpenAI's webhook events."""
+        data = {
+            "id": job.id, "object": job.kind, "status": job.status.value, "model": job.model, "task": job.task,
+            "prompt": job.prompt, "session_id": job.session_id, "created_at": int(job.created_at),
+            "completed_at": int(job.completed_at) if job.completed_at else None, **job.params,
+            "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+            "upload": job.upload, "assets": self._store.views(job.kind, job.id, job.assets, self._public_url),
+        }
+        return {"id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": f"{job.kind}.{job.status.value}",
+                "created_at": int(time.time()), "data": data}
 
 
 def _reason(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.plan import stage
 from pipelines.generate import generate
 from pipelines.loading import load_model
 from pipelines.request import GenerationCancelled, GenerationRequest
@@ -38,13 +39,18 @@ class WanGenerator:
         )
         self._tracker = tracker
 
-    async def generate(self, job_id: str, request: GenerationRequest) -> np.ndarray:
-        """Frames (FxHxWx3 uint8) for `request`, reporting each step to the job tracker."""
-        return await asyncio.to_thread(self._run, job_id, request)
+    @stage("generate")
+    async def generate(self, job_id: str, request: GenerationRequest, segment: int = 0) -> np.ndarray:
+        """Frames (FxHxWx3 uint8) for `request`, reporting each step to the job tracker.
 
-    def _run(self, job_id: str, request: GenerationRequest) -> np.ndarray:
+        `segment` numbers the generations of one job (a batch's images, a long video's windows), so
+        progress adds them up.
+        """
+        return await asyncio.to_thread(self._run, job_id, request, segment)
+
+    def _run(self, job_id: str, request: GenerationRequest, segment: int) -> np.ndarray:
         def on_step(done: int, total: int) -> bool:
-            return self._tracker.step.remote(job_id, done, total).result(timeout_s=REPORT_TIMEOUT_S)
+            return self._tracker.step.remote(job_id, done, total, segment).result(timeout_s=REPORT_TIMEOUT_S)
 
         if not on_step(0, request.num_inference_steps):
             raise GenerationCancelled("cancelled before it started")

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from ray import serve
 
-from deployments.jobstore import Job, JobStatus, SQLiteJobStore
+from deployments.jobstore import Job, JobStatus, Session, SQLiteJobStore, Upload
 
 log = logging.getLogger("ray.serve")
 
@@ -42,27 +43,42 @@ class JobTracker:
     def list(self, kind: str, after: str | None, limit: int, order: str) -> tuple[list[Job], bool]:
         return self._store.list(kind=kind, after=after, limit=limit, order=order)
 
-    def step(self, job_id: str, done: int, total: int) -> bool:
-        """Record that `done` of `total` denoising steps are finished; False means: stop now."""
+    def step(self, job_id: str, done: int, total: int, segment: int = 0) -> bool:
+        """Record that `done` of `total` steps of generation `segment` are finished; False means: stop now."""
         job = self._store.get(job_id)
         if job is None or job.cancel_requested or job.status.terminal:
             return False
-        fields: dict = dict(step=done, total_steps=total, progress=min(99, 100 * done // max(total, 1)))
+        steps = {**job.segment_steps, str(segment): done}
+        step = sum(steps.values())
+        fields: dict = dict(segment_steps=steps, step=step,
+                            progress=min(99, 100 * step // max(job.total_steps, total, 1)))
         if job.status is JobStatus.QUEUED:
             fields.update(status=JobStatus.IN_PROGRESS, started_at=time.time())
         self._store.update(job_id, **fields)
         return True
 
+    def stage(self, job_id: str, kind: str) -> bool:
+        """Record that stage `kind` starts; False means the job was cancelled or ended: stop here."""
+        job = self._store.get(job_id)
+        if job is None or job.cancel_requested or job.status.terminal:
+            return False
+        self._store.update(job_id, stage=kind)
+        return True
+
     def finish(
-        self, job_id: str, status: JobStatus, assets: dict[str, str] | None = None,
-        error: tuple[str, str] | None = None,
+        self, job_id: str, status: JobStatus, assets: list[dict] | None = None,
+        error: tuple[str, str] | None = None, upload: dict | None = None,
     ) -> Job | None:
-        fields: dict = dict(status=status, completed_at=time.time())
+        fields: dict = dict(status=status, completed_at=time.time(), stage=None)
         if status is JobStatus.COMPLETED:
-            fields.update(progress=100, assets=assets or {})
+            fields.update(progress=100, assets=assets or [], upload=upload)
         if error is not None:
             fields.update(error_code=error[0], error_message=error[1])
         return self._store.update(job_id, **fields)
+
+    def annotate(self, job_id: str, **fields: Any) -> Job | None:
+        """Record what happens after a job ends: an upload retried, a webhook delivered."""
+        return self._store.update(job_id, even_if_ended=True, **fields)
 
     def cancel(self, job_id: str) -> Job | None:
         """Ask a queued or running job to stop; the generator sees it at its next step."""
@@ -73,3 +89,20 @@ class JobTracker:
 
     def delete(self, job_id: str) -> None:
         self._store.delete(job_id)
+
+    # --- sessions -------------------------------------------------------------------------------
+
+    def create_session(self, session: Session) -> None:
+        self._store.create_session(session)
+
+    def get_session(self, session_id: str) -> tuple[Session, list[Upload], list[Job]] | None:
+        session = self._store.get_session(session_id)
+        if session is None:
+            return None
+        return session, self._store.uploads(session_id), self._store.jobs_in_session(session_id)
+
+    def add_upload(self, upload: Upload) -> None:
+        self._store.add_upload(upload)
+
+    def upload(self, session_id: str, upload_id: str) -> Upload | None:
+        return next((u for u in self._store.uploads(session_id) if u.id == upload_id), None)

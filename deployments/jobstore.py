@@ -36,24 +36,54 @@ class Job:
     """One accepted request and everything known about it; `params` and `plan` are JSON-able dicts."""
 
     id: str
-    kind: str  # "video" or "image"
+    kind: str  # "video", "image" or "batch"
     model: str
     task: str
     prompt: str
     params: dict[str, Any]
     plan: dict[str, Any]
     status: JobStatus = JobStatus.QUEUED
+    session_id: str | None = None
+    webhook_url: str | None = None
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     completed_at: float | None = None
-    step: int = 0
+    stage: str | None = None  # the plan stage running now
+    step: int = 0  # denoising steps done, across every generation of the plan
     total_steps: int = 0
+    segment_steps: dict[str, int] = field(default_factory=dict)  # steps done per generation
     progress: int = 0
     cancel_requested: bool = False
     cancel_step: int | None = None  # the step the job had reached when cancellation was asked for
     error_code: str | None = None
     error_message: str | None = None
-    assets: dict[str, str] = field(default_factory=dict)
+    assets: list[dict[str, Any]] = field(default_factory=list)  # deployments/assets.py:Asset records
+    upload: dict[str, Any] | None = None  # the object-store upload: status, error
+    webhook: dict[str, Any] | None = None  # the webhook delivery: delivered, attempts, status_code, error
+
+
+@dataclass
+class Session:
+    """A workspace: uploads go in, jobs refer to them, and their outputs are stored under it."""
+
+    id: str
+    created_at: float = field(default_factory=time.time)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Upload:
+    """A file uploaded into a session, normalised (video: MP4, image: RGB JPEG) and stored at `key`."""
+
+    id: str
+    session_id: str
+    kind: str  # "video" or "image"
+    filename: str
+    key: str
+    content_type: str
+    size_bytes: int
+    info: dict[str, Any] = field(default_factory=dict)  # width, height, frames, fps, duration_s, has_audio
+    created_at: float = field(default_factory=time.time)
 
 
 class JobStore(Protocol):
@@ -61,7 +91,12 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> Job | None: ...
     def list(self, *, kind: str, after: str | None, limit: int, order: str) -> tuple[list[Job], bool]: ...
     def count_active(self, model: str) -> int: ...
-    def update(self, job_id: str, **fields: Any) -> Job | None: ...
+    def update(self, job_id: str, *, even_if_ended: bool = False, **fields: Any) -> Job | None: ...
+    def jobs_in_session(self, session_id: str) -> list[Job]: ...
+    def create_session(self, session: Session) -> None: ...
+    def get_session(self, session_id: str) -> Session | None: ...
+    def add_upload(self, upload: Upload) -> None: ...
+    def uploads(self, session_id: str) -> list[Upload]: ...
     def delete(self, job_id: str) -> None: ...
     def fail_active(self, code: str, message: str) -> int: ...
 
@@ -83,6 +118,12 @@ class SQLiteJobStore:
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_kind_seq ON jobs (kind, seq)")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, model)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_session ON jobs (json_extract(data, '$.session_id'))")
+        self._db.execute("CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, data TEXT NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS uploads (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, "
+            "session_id TEXT NOT NULL, data TEXT NOT NULL)"
+        )
 
     @staticmethod
     def _decode(data: str) -> Job:
@@ -131,11 +172,14 @@ class SQLiteJobStore:
             ).fetchone()
         return n
 
-    def update(self, job_id: str, **fields: Any) -> Job | None:
-        """Set `fields` unless the job has already ended; returns the job as it now stands."""
+    def update(self, job_id: str, *, even_if_ended: bool = False, **fields: Any) -> Job | None:
+        """Set `fields` unless the job has already ended; returns the job as it now stands.
+
+        `even_if_ended` is for what happens after the end: an upload retried, a webhook delivered.
+        """
         with self._lock:
             job = self._get(job_id)
-            if job is not None and not job.status.terminal:
+            if job is not None and (even_if_ended or not job.status.terminal):
                 for name, value in fields.items():
                     setattr(job, name, value)
                 self._write(job)
@@ -144,6 +188,35 @@ class SQLiteJobStore:
     def delete(self, job_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def jobs_in_session(self, session_id: str) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT data FROM jobs WHERE json_extract(data, '$.session_id') = ? ORDER BY seq", (session_id,)
+            ).fetchall()
+        return [self._decode(r[0]) for r in rows]
+
+    def create_session(self, session: Session) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO sessions (id, data) VALUES (?, ?)",
+                             (session.id, json.dumps(asdict(session))))
+
+    def get_session(self, session_id: str) -> Session | None:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        return Session(**json.loads(row[0])) if row else None
+
+    def add_upload(self, upload: Upload) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO uploads (id, session_id, data) VALUES (?, ?, ?)",
+                             (upload.id, upload.session_id, json.dumps(asdict(upload))))
+
+    def uploads(self, session_id: str) -> list[Upload]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT data FROM uploads WHERE session_id = ? ORDER BY seq", (session_id,)
+            ).fetchall()
+        return [Upload(**json.loads(r[0])) for r in rows]
 
     def fail_active(self, code: str, message: str) -> int:
         """End every job still queued or running, e.g. after a restart lost the processes running them."""

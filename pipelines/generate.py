@@ -14,6 +14,7 @@ import torch
 from diffusers import UniPCMultistepScheduler
 from PIL import Image
 
+from pipelines.conditioning import keyframes
 from pipelines.loading import LoadedModel
 from pipelines.request import GenerationCancelled, GenerationRequest, check_request
 from pipelines.variants import Task
@@ -49,12 +50,15 @@ def pipeline_kwargs(req: GenerationRequest) -> dict[str, Any]:
                 kwargs["last_image"] = _pil(req.last_image)
         case Task.V2V:
             kwargs["video"] = [_pil(f) for f in req.video]
-            kwargs["strength"] = req.strength
+            kwargs["strength"] = req.denoise_strength
         case Task.VACE:
             kwargs["num_frames"] = req.num_frames
-            kwargs["video"] = [_pil(f) for f in req.video]
-            if req.mask is not None:
-                kwargs["mask"] = [_pil(m, "L") for m in req.mask]
+            video, mask = req.video, req.mask
+            if video is None:  # keyframes: keep the first and/or last frame, generate the rest
+                video, mask = keyframes(req.num_frames, req.width, req.height, req.image, req.last_image)
+            kwargs["video"] = [_pil(f) for f in video]
+            if mask is not None:
+                kwargs["mask"] = [_pil(m, "L") for m in mask]
             if req.reference_images:
                 kwargs["reference_images"] = [_pil(r) for r in req.reference_images]
     return kwargs

@@ -14,15 +14,19 @@ from pipelines.variants import Task, Variant
 
 MAX_STEPS = 200
 MAX_PROMPT_CHARS = 4000
+MAX_REFERENCE_IMAGES = 3
 
 
 class InvalidRequest(ValueError):
     """A request a variant cannot serve; `param` names the offending field."""
 
     def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(param, message)  # both in args, so it survives pickling between Ray processes
         self.param = param
         self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class GenerationCancelled(Exception):
@@ -34,6 +38,7 @@ class GenerationRequest:
     """Everything one generation needs, with defaults already resolved against the variant.
 
     Images are HxWx3 uint8 arrays; `video` is FxHxWx3 uint8 and `mask` FxHxW uint8 (255 = regenerate).
+    For VACE, `image` and `last_image` without a video are keyframes: the first and last frames to keep.
     """
 
     task: Task
@@ -47,7 +52,7 @@ class GenerationRequest:
     flow_shift: float
     negative_prompt: str = ""
     guidance_scale_2: float | None = None
-    strength: float = 0.8
+    denoise_strength: float = 0.8
     image: np.ndarray | None = None
     last_image: np.ndarray | None = None
     video: np.ndarray | None = None
@@ -101,36 +106,47 @@ def check_request(variant: Variant, req: GenerationRequest) -> None:
         raise InvalidRequest("flow_shift", "flow_shift must be within (0, 50]")
     if not 0 <= req.seed < 2**63:
         raise InvalidRequest("seed", "seed must be within 0..2**63-1")
-    if not 0.0 < req.strength <= 1.0:
-        raise InvalidRequest("strength", "strength must be within (0, 1]")
+    if not 0.0 < req.denoise_strength <= 1.0:
+        raise InvalidRequest("denoise_strength", "denoise_strength must be within (0, 1]")
     _check_inputs(req)
 
 
 def _check_inputs(req: GenerationRequest) -> None:
-    needs_image = req.task in (Task.I2V, Task.FLF2V)
-    if needs_image and req.image is None:
+    takes_image = req.task in (Task.I2V, Task.FLF2V, Task.VACE)
+    if req.task in (Task.I2V, Task.FLF2V) and req.image is None:
         raise InvalidRequest("input_reference", f"{req.task.value} needs a first frame in input_reference")
-    if not needs_image and req.image is not None:
+    if not takes_image and req.image is not None:
         raise InvalidRequest("input_reference", f"{req.task.value} takes no input_reference image")
     if req.task is Task.FLF2V and req.last_image is None:
         raise InvalidRequest("last_image", "first-last-frame generation needs last_image")
-    if req.task is not Task.FLF2V and req.last_image is not None:
-        raise InvalidRequest("last_image", "last_image is only for first-last-frame models")
-    if req.task in (Task.V2V, Task.VACE):
-        if req.video is None:
-            raise InvalidRequest("video", f"{req.task.value} needs a source video")
+    if req.task not in (Task.FLF2V, Task.VACE) and req.last_image is not None:
+        raise InvalidRequest("last_image", "last_image is for first-last-frame and VACE models")
+    if req.task is Task.VACE:
+        if req.video is None and req.image is None and req.last_image is None:
+            raise InvalidRequest("video", "VACE needs a source video or a keyframe (input_reference, last_image)")
+        if req.video is not None and (req.image is not None or req.last_image is not None):
+            raise InvalidRequest("input_reference", "send keyframes or a source video, not both")
+    if req.task is Task.V2V and req.video is None:
+        raise InvalidRequest("video", "video-to-video needs a source video")
+    if req.video is not None:
+        if req.task not in (Task.V2V, Task.VACE):
+            raise InvalidRequest("video", f"{req.task.value} takes no source video")
         if req.video.shape[0] != req.num_frames:
             raise InvalidRequest("video", f"the source video has {req.video.shape[0]} frames; "
                                           f"{req.num_frames} were asked for")
-    elif req.video is not None:
-        raise InvalidRequest("video", f"{req.task.value} takes no source video")
+        if req.video.shape[1:3] != (req.height, req.width):
+            raise InvalidRequest("video", f"the source video is {req.video.shape[2]}x{req.video.shape[1]}; "
+                                          f"fit it to {req.width}x{req.height} first")
     if req.mask is not None:
+        if req.task is not Task.VACE or req.video is None:
+            raise InvalidRequest("mask", "mask is only for VACE editing of a source video")
+        if req.mask.shape != req.video.shape[:3]:
+            raise InvalidRequest("mask", "mask and video must have the same number of frames and size")
+    if req.reference_images:
         if req.task is not Task.VACE:
-            raise InvalidRequest("mask", "mask is only for VACE editing")
-        if req.video is not None and req.mask.shape[0] != req.video.shape[0]:
-            raise InvalidRequest("mask", "mask and video must have the same number of frames")
-    if req.reference_images and req.task is not Task.VACE:
-        raise InvalidRequest("reference_images", "reference_images are only for VACE editing")
+            raise InvalidRequest("reference_image", "reference images are only for VACE editing")
+        if len(req.reference_images) > MAX_REFERENCE_IMAGES:
+            raise InvalidRequest("reference_image", f"at most {MAX_REFERENCE_IMAGES} reference images")
 
 
 def _presets(variant: Variant) -> str:

@@ -33,6 +33,7 @@ class Family(StrEnum):
 
 
 RESOLUTIONS_480 = {"480p": (832, 480), "480p-portrait": (480, 832)}
+RESOLUTIONS_512 = {"512p": (912, 512), "512p-portrait": (512, 912)}
 RESOLUTIONS_720 = {"720p": (1280, 720), "720p-portrait": (720, 1280)}
 RESOLUTIONS_TINY = {"tiny": (64, 32), "tiny-portrait": (32, 64)}
 
@@ -107,10 +108,10 @@ CATALOG: dict[str, Variant] = _catalog(
             RESOLUTIONS_720, "720p", flow_shift=16.0,
             description="Wan 2.1 first-last-frame-to-video, 14B; 720p"),
     Variant("Wan2.1-VACE-1.3B", Family.VACE, "Wan-AI/Wan2.1-VACE-1.3B-diffusers", _VACE, 16,
-            RESOLUTIONS_480, "480p", flow_shift=3.0,
+            RESOLUTIONS_480 | RESOLUTIONS_512, "480p", flow_shift=3.0,
             description="Wan 2.1 VACE all-in-one editing, 1.3B; 480p"),
     Variant("Wan2.1-VACE-14B", Family.VACE, "Wan-AI/Wan2.1-VACE-14B-diffusers", _VACE, 16,
-            RESOLUTIONS_480 | RESOLUTIONS_720, "720p", flow_shift=5.0,
+            RESOLUTIONS_480 | RESOLUTIONS_512 | RESOLUTIONS_720, "720p", flow_shift=5.0,
             description="Wan 2.1 VACE all-in-one editing, 14B; 480p and 720p"),
     # --- Wan 2.2 --------------------------------------------------------------------------------
     Variant("Wan2.2-T2V-A14B", Family.A14B, "Wan-AI/Wan2.2-T2V-A14B-Diffusers", (Task.T2V, Task.T2I), 16,

@@ -1,51 +1,119 @@
-"""Video and image I/O with PyAV and Pillow: H.264 MP4 out, uploads in, thumbnails.
+"""Video and image I/O with PyAV and Pillow: H.264 MP4 out (with the source's audio), uploads in, thumbnails.
 
 Torch-free, so the CPU stages and the HTTP ingress can use it without loading a model stack.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
 import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from av.audio.codeccontext import AudioCodecContext
+from av.audio.stream import AudioStream
+from av.container import InputContainer, OutputContainer
+from av.video.stream import VideoStream
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 THUMBNAIL_EDGE = 256
 THUMBNAIL_QUALITY = 85
 MAX_DECODED_FRAMES = 1024
+JPEG_QUALITY = 95
+DEFAULT_FPS = 16
+DEFAULT_CRF = 18  # visually lossless H.264
+AAC_RATES = av.Codec("aac", "w").audio_rates
 
 
 class MediaError(ValueError):
     """An upload that is not a readable image or video."""
 
 
-def encode_mp4(frames: np.ndarray, fps: int, crf: int = 18) -> bytes:
-    """Encode FxHxWx3 uint8 frames as H.264 (yuv420p) MP4 with exactly `fps` and len(frames) frames."""
+@dataclass(frozen=True)
+class VideoInfo:
+    """What an upload holds, read without keeping its frames."""
+
+    width: int
+    height: int
+    frames: int
+    fps: float
+    duration_s: float
+    has_audio: bool
+    codec: str
+    container: str
+
+
+def encode_mp4(frames: np.ndarray, fps: int, crf: int = DEFAULT_CRF, audio: bytes | None = None) -> bytes:
+    """Encode FxHxWx3 uint8 frames as H.264 (yuv420p) MP4 with exactly `fps` and len(frames) frames.
+
+    `audio` is a media file (the source clip); its first audio stream, if any, is muxed in as AAC and cut
+    at the video's duration, so the output never runs on past its last frame.
+    """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected FxHxWx3 uint8 frames, got {frames.shape} {frames.dtype}")
+    if not len(frames):
+        raise ValueError("no frames to encode")
     h, w = frames.shape[1:3]
     if h % 2 or w % 2:  # yuv420p subsamples chroma by two
         frames = frames[:, : h - h % 2, : w - w % 2]
-    # faststart (moov atom first, so players start before the download ends) rewrites the file in a
-    # second pass, which needs a real file rather than a BytesIO.
-    with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
-        _write_mp4(tmp.name, frames, fps, crf)
-        return Path(tmp.name).read_bytes()
+    rate = Fraction(fps)
+    try:
+        return _mp4_bytes(frames, frames.shape[1:3], rate, crf, audio, audio_end=len(frames) / rate)
+    except av.FFmpegError as exc:  # the frames were checked above: what fails is the audio source
+        raise MediaError(f"not a readable audio source: {exc}") from exc
 
 
-def _write_mp4(path: str, frames: np.ndarray, fps: int, crf: int) -> None:
-    with av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
-        stream = out.add_stream("libx264", rate=Fraction(fps))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "fast"}
-        for frame in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        out.mux(stream.encode())
+def normalize_video(data: bytes) -> bytes:
+    """An upload as an H.264 MP4: an H.264 MP4 unchanged (no generation loss), anything else re-encoded.
+
+    The conversion keeps the source's frames and frame rate, crops odd sizes to even (yuv420p), and carries
+    its audio over as AAC.
+    """
+    try:
+        with _open(data) as container:
+            stream = _video_stream(container)
+            if _container_name(container, data) == "mp4" and stream.codec_context.name == "h264":
+                return data
+            stream.thread_type = "AUTO"
+            decoded = (f.to_ndarray(format="rgb24") for f in container.decode(stream))
+            first = next(decoded, None)
+            if first is None:
+                raise MediaError("the video has no frames")
+            h, w = first.shape[0] - first.shape[0] % 2, first.shape[1] - first.shape[1] % 2
+            frames = (image[:h, :w] for image in itertools.chain([first], decoded))
+            return _mp4_bytes(frames, (h, w), _frame_rate(stream), DEFAULT_CRF, audio=data, audio_end=None)
+    except av.FFmpegError as exc:
+        raise MediaError(f"not a readable video: {exc}") from exc
+
+
+def probe_video(data: bytes) -> VideoInfo:
+    """Size, length, rate and codecs of an upload; frames are counted by decoding where the container has no count."""
+    try:
+        with _open(data) as container:
+            stream = _video_stream(container)
+            fps = _frame_rate(stream)
+            frames = stream.frames or sum(1 for _ in container.decode(stream))
+            if not frames:
+                raise MediaError("the video has no frames")
+            duration = stream.duration * stream.time_base if stream.duration and stream.time_base else frames / fps
+            return VideoInfo(
+                width=stream.codec_context.width,
+                height=stream.codec_context.height,
+                frames=frames,
+                fps=float(fps),
+                duration_s=float(duration),
+                has_audio=bool(container.streams.audio),
+                codec=stream.codec_context.codec.canonical_name,
+                container=_container_name(container, data),
+            )
+    except av.FFmpegError as exc:
+        raise MediaError(f"not a readable video: {exc}") from exc
 
 
 def decode_video(data: bytes, max_frames: int = MAX_DECODED_FRAMES) -> tuple[np.ndarray, float]:
@@ -68,6 +136,20 @@ def decode_video(data: bytes, max_frames: int = MAX_DECODED_FRAMES) -> tuple[np.
     return np.stack(frames), fps
 
 
+def resample_frames(frames: np.ndarray, src_fps: float, dst_fps: float) -> np.ndarray:
+    """Retime a clip to `dst_fps` keeping its duration: each output time takes the nearest source frame.
+
+    round(F * dst_fps / src_fps) frames (at least one), e.g. a 30 fps upload brought to Wan's 16 fps.
+    """
+    if src_fps <= 0 or dst_fps <= 0:
+        raise ValueError(f"frame rates must be positive, got {src_fps} -> {dst_fps}")
+    if not len(frames):
+        raise ValueError("no frames to resample")
+    count = max(1, round(len(frames) * dst_fps / src_fps))
+    nearest = np.floor(np.arange(count) * (src_fps / dst_fps) + 0.5).astype(np.int64)  # round half up
+    return frames[np.minimum(nearest, len(frames) - 1)]
+
+
 def decode_image(data: bytes) -> np.ndarray:
     """Decode an uploaded image (PNG, JPEG, WEBP, ...) to HxWx3 uint8."""
     try:
@@ -75,6 +157,28 @@ def decode_image(data: bytes) -> np.ndarray:
             return np.asarray(img.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
         raise MediaError("not a readable image (PNG, JPEG or WEBP expected)") from exc
+
+
+def normalize_image(data: bytes) -> bytes:
+    """An uploaded image as an upright RGB JPEG (quality 95).
+
+    EXIF orientation is applied, transparency is flattened onto white, and the metadata (EXIF, GPS) is
+    dropped, since the image is always re-encoded.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            upright = ImageOps.exif_transpose(img)
+            if upright.mode.startswith("I;16"):  # 16-bit greyscale: convert() would clip it, not scale it
+                upright = upright.convert("I").point(lambda v: v / 256).convert("L")
+            if upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:
+                rgba = upright.convert("RGBA")
+                upright = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+            rgb = upright.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise MediaError("not a readable image (PNG, JPEG, WEBP, GIF, BMP or TIFF expected)") from exc
+    buf = io.BytesIO()
+    rgb.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
 
 
 def encode_png(frame: np.ndarray) -> bytes:
@@ -91,3 +195,124 @@ def thumbnail_webp(frames: np.ndarray) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="WEBP", quality=THUMBNAIL_QUALITY)
     return buf.getvalue()
+
+
+def _open(data: bytes) -> InputContainer:
+    return av.open(io.BytesIO(data), mode="r")
+
+
+def _video_stream(container: InputContainer) -> VideoStream:
+    if not container.streams.video:
+        raise MediaError("the upload has no video stream")
+    return container.streams.video[0]
+
+
+def _frame_rate(stream: VideoStream) -> Fraction:
+    """The stream's average rate, with a small denominator: a variable-rate average makes an awkward time base."""
+    return Fraction(stream.average_rate or stream.guessed_rate or DEFAULT_FPS).limit_denominator(1001)
+
+
+def _container_name(container: InputContainer, data: bytes) -> str:
+    """mp4, mov, mkv, webm, avi, ...: FFmpeg's demuxers read MP4 and MOV, and MKV and WebM, as one format."""
+    demuxer = container.format.name.split(",")[0]
+    if demuxer == "mov":
+        return "mov" if container.metadata.get("major_brand", "").strip() == "qt" else "mp4"
+    if demuxer == "matroska":
+        at = data.find(b"\x42\x82", 0, 64)  # the EBML header's DocType element: "matroska" or "webm"
+        return "webm" if at >= 0 and data[at + 3 : at + 3 + (data[at + 2] & 0x7F)] == b"webm" else "mkv"
+    return demuxer
+
+
+def _mp4_bytes(
+    frames: Iterable[np.ndarray],
+    size: tuple[int, int],
+    rate: Fraction,
+    crf: int,
+    audio: bytes | None,
+    audio_end: Fraction | None,
+) -> bytes:
+    # faststart (moov atom first, so players start before the download ends) rewrites the file in a
+    # second pass, which needs a real file rather than a BytesIO.
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
+        _write_mp4(tmp.name, frames, size, rate, crf, audio, audio_end)
+        return Path(tmp.name).read_bytes()
+
+
+def _write_mp4(
+    path: str,
+    frames: Iterable[np.ndarray],
+    size: tuple[int, int],
+    rate: Fraction,
+    crf: int,
+    audio: bytes | None,
+    audio_end: Fraction | None,
+) -> None:
+    """Write HxW H.264 video, plus the first audio stream of `audio` as AAC (to `audio_end` seconds)."""
+    with av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"}) as out, _audio_source(audio) as src:
+        video = out.add_stream("libx264", rate=rate)
+        video.height, video.width = size
+        video.pix_fmt = "yuv420p"
+        video.options = {"crf": str(crf), "preset": "fast"}
+        track = _AacTrack(out, src, audio_end) if src is not None else None
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+            if track is not None:  # interleaved, for progressive playback
+                track.mux_until((i + 1) / rate)
+        out.mux(video.encode())
+        if track is not None:
+            track.mux_until(None)
+
+
+@contextlib.contextmanager
+def _audio_source(data: bytes | None) -> Iterator[AudioStream | None]:
+    """The first audio stream of a media file, open for decoding; None without a file or an audio stream."""
+    if data is None:
+        yield None
+        return
+    with _open(data) as container:
+        yield container.streams.audio[0] if container.streams.audio else None
+
+
+class _AacTrack:
+    """A source audio stream re-encoded as AAC into an MP4, at the pace of its video."""
+
+    def __init__(self, out: OutputContainer, src: AudioStream, end: Fraction | None) -> None:
+        rate = src.codec_context.sample_rate  # kept where AAC has it, else the nearest AAC rate
+        self.out = out
+        self.stream = out.add_stream("aac", rate=min(AAC_RATES, key=lambda r: abs(r - rate)))
+        self.stream.layout = "mono" if src.codec_context.channels == 1 else "stereo"
+        limit = None if end is None else round(end * self.stream.sample_rate)
+        self.frames = _resampled(src, self.stream.codec_context, limit)
+        self.pending = next(self.frames, None)
+
+    def mux_until(self, t: Fraction | None) -> None:
+        """Encode the audio that starts before `t` seconds; all that is left, and flush, for None."""
+        while self.pending is not None and (t is None or self.pending.pts < t * self.stream.sample_rate):
+            self.out.mux(self.stream.encode(self.pending))
+            self.pending = next(self.frames, None)
+        if t is None:
+            self.out.mux(self.stream.encode())
+
+
+def _resampled(src: AudioStream, ctx: AudioCodecContext, limit: int | None) -> Iterator[av.AudioFrame]:
+    """The source's audio in the encoder's format, layout and rate, cut exactly after `limit` samples.
+
+    Timestamps count samples from zero, so the audio starts with the video whatever the source's offsets.
+    """
+    resampler = av.AudioResampler(format=ctx.format, layout=ctx.layout, rate=ctx.sample_rate)
+    done = 0
+    for decoded in itertools.chain(src.container.decode(src), [None]):
+        for frame in resampler.resample(decoded):
+            if limit is not None and done + frame.samples > limit:  # planar: channels x samples
+                frame = av.AudioFrame.from_ndarray(
+                    frame.to_ndarray()[:, : limit - done], format=ctx.format.name, layout=ctx.layout.name
+                )
+                frame.sample_rate = ctx.sample_rate
+            frame.pts, frame.time_base = done, Fraction(1, ctx.sample_rate)
+            done += frame.samples
+            if frame.samples:
+                yield frame
+            if limit is not None and done >= limit:
+                return

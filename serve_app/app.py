@@ -1,7 +1,10 @@
 """The app builder that `configs/*.yaml` imports: a validated AppConfig becomes the deployment graph.
 
     Gateway ──▶ FlowRunner ──▶ Generator-<variant> (one binding per served model)
-       │            ├────────▶ VideoEncoder
+       │            ├────────▶ Extender ──▶ Generator-<variant>
+       │            ├────────▶ Interpolator, VideoEncoder (CPU)
+       ├────────────┼────────▶ Uploader (local directory, then S3)
+       │            ├────────▶ Notifier (webhooks)
        └────────────┴────────▶ JobTracker (SQLite)
 """
 
@@ -14,9 +17,13 @@ from pydantic import ValidationError
 from ray.serve import Application
 
 from deployments.encoder import VideoEncoder
+from deployments.extender import Extender
 from deployments.flow import FlowRunner
 from deployments.generator import WanGenerator
+from deployments.interpolator import Interpolator
 from deployments.jobs import JobTracker
+from deployments.notifier import Notifier
+from deployments.uploader import Uploader
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.gateway import Gateway
 from serve_app.router import generator_name
@@ -64,6 +71,14 @@ def build_app(args: dict[str, Any]) -> Application:
         )
         for m in config.models
     }
-    encoder = VideoEncoder.options(num_replicas=config.encoder_replicas).bind()
-    flow = FlowRunner.bind(generators, encoder, tracker, config.storage.kind, config.storage.root)
-    return Gateway.options(num_replicas=config.gateway_replicas).bind(config, tracker, flow)
+    storage, hooks = config.storage, config.webhooks
+    uploader = Uploader.bind(storage.root, storage.s3)
+    stages = {
+        "extend": Extender.bind(generators),
+        "interpolate": Interpolator.options(num_replicas=config.interpolator_replicas).bind(),
+        "encode": VideoEncoder.options(num_replicas=config.encoder_replicas).bind(),
+        "upload": uploader,
+        "notify": Notifier.bind(hooks.signing_secret(), hooks.max_attempts, hooks.backoff_s, hooks.timeout_s),
+    }
+    flow = FlowRunner.bind(generators, stages, tracker, storage.root, storage.s3, config.public_url)
+    return Gateway.options(num_replicas=config.gateway_replicas).bind(config, tracker, flow, uploader)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from ray.serve.config import AutoscalingConfig
 
+from deployments.storage import S3Config
 from pipelines.variants import CATALOG, Task, get_variant
 
 
@@ -64,17 +66,43 @@ class ModelConfig(_Strict):
 
 
 class StorageConfig(_Strict):
-    kind: Literal["local"] = "local"
-    root: str = "data/outputs"
+    root: str = Field("data/outputs", description="local directory: every asset is written here first")
+    s3: S3Config | None = Field(None, description="also upload every asset to this S3-compatible bucket")
+
+
+class WebhookConfig(_Strict):
+    """How job webhooks are signed (Standard Webhooks, as OpenAI's) and retried."""
+
+    secret: SecretStr | None = Field(None, description="whsec_<base64>; unset: read from secret_env")
+    secret_env: str = Field("WAN_SERVE_WEBHOOK_SECRET", description="env var holding the secret")
+    max_attempts: int = Field(5, ge=1, le=20)
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")
+    timeout_s: float = Field(10.0, gt=0)
+
+    def signing_secret(self) -> str | None:
+        """Unsigned webhooks when neither the config nor the environment gives a secret."""
+        return self.secret.get_secret_value() if self.secret else os.environ.get(self.secret_env) or None
+
+
+class ExtendConfig(_Strict):
+    """Long videos: windows of the request's frame count that reuse the last `overlap_frames`."""
+
+    overlap_frames: int = Field(15, ge=1)
+    max_extensions: int = Field(20, ge=0)
 
 
 class AppConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     job_db: str = "data/jobs.db"
     storage: StorageConfig = StorageConfig()
+    webhooks: WebhookConfig = WebhookConfig()
+    extend: ExtendConfig = ExtendConfig()
+    public_url: str = Field("", description="this service's external base URL, for asset links in webhooks")
     max_upload_mb: int = Field(64, ge=1)
+    max_batch_prompts: int = Field(20, ge=1, le=100)
     poll_after_ms: int = Field(1000, ge=100)
     encoder_replicas: int = Field(1, ge=1)
+    interpolator_replicas: int = Field(1, ge=1)
     gateway_replicas: int = Field(1, ge=1)
 
     @model_validator(mode="after")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 
-import numpy as np
-
 from pipelines.video import MediaError, decode_image, decode_video
 from serve_app.errors import APIError
 from serve_app.router import Media
@@ -26,7 +24,7 @@ def data_url_bytes(value: str, param: str) -> bytes:
 
 
 def decode_media(raw: dict[str, bytes]) -> Media:
-    """Decode whichever of input_reference, last_image, video and mask were sent."""
+    """Decode whichever of input_reference, last_image, reference_image, video and mask were sent."""
     media = Media()
     for param, data in raw.items():
         try:
@@ -35,11 +33,13 @@ def decode_media(raw: dict[str, bytes]) -> Media:
                     media.image = decode_image(data)
                 case "last_image":
                     media.last_image = decode_image(data)
+                case "reference_image":
+                    media.reference_image = decode_image(data)
                 case "video":
-                    media.video, _ = decode_video(data)
+                    media.video, media.video_fps = decode_video(data)
+                    media.video_file = data
                 case "mask":
-                    frames, _ = decode_video(data)
-                    media.mask = np.where(frames.mean(axis=-1) > 127, 255, 0).astype(np.uint8)
+                    media.mask, media.mask_fps = decode_video(data)
         except MediaError as exc:
             raise APIError(422, f"{param}: {exc}", param=param, code="invalid_media") from exc
     return media

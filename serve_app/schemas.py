@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from pipelines.variants import Task
 
 VideoStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+ReferenceMode = Literal["none", "single", "start", "end", "both"]
 
 
 class _Body(BaseModel):
@@ -37,15 +38,52 @@ class VideoCreateRequest(_Body):
     guidance_scale_2: float | None = None
     flow_shift: float | None = None
     seed: int | None = Field(None, ge=0)
-    strength: float | None = Field(None, gt=0, le=1, description="video-to-video: how much to change")
+    # inputs beyond input_reference: data URLs in JSON, files in multipart, or upload ids of the session
     last_image: str | None = None
     video: str | None = None
     mask: str | None = None
+    reference_image: str | None = Field(None, description="VACE: a subject or style to keep")
+    reference_mode: ReferenceMode | None = Field(
+        None, description="where the image(s) go: none; single or start (first frame); end (last frame); both")
+    denoise_strength: float | None = Field(None, gt=0, le=1, description="video-to-video: how much to change")
+    reference_strength: float | None = Field(None, ge=0, lt=1, description="legacy: 1 - denoise_strength")
+    invert_mask: bool = Field(False, description="the mask video marks what to keep, not what to change")
+    edit_mode: Literal["inpaint", "outpaint"] = Field(
+        "inpaint", description="fit the source by cropping (inpaint) or pad it and generate the border (outpaint)")
+    # multi-stage flows
+    extensions: int | None = Field(None, ge=0, description="windows added after the first; default: none, or "
+                                                          "enough to cover an uploaded clip")
+    overlap_frames: int | None = Field(None, ge=1, description="frames each extension reuses; default 15")
+    target_fps: int | None = Field(None, ge=1, le=120, description="interpolate up to this frame rate")
+    interpolation_factor: int | None = Field(None, ge=2, le=8, description="or multiply the frame rate")
+    session_id: str | None = None
+    webhook_url: HttpUrl | None = Field(None, description="POSTed a signed event when the job ends")
 
 
 class VideoError(BaseModel):
     code: str
     message: str
+
+
+class Asset(BaseModel):
+    """One deliverable of a job, fetchable at `url` (this service, or the bucket once uploaded)."""
+
+    name: str
+    type: Literal["video", "image", "thumbnail", "archive"]
+    url: str
+    thumbnail_url: str | None
+    width: int | None
+    height: int | None
+    frames: int | None
+    fps: float | None
+    duration: float | None
+    format: str
+    file_size_bytes: int
+
+
+class UploadStatus(BaseModel):
+    status: Literal["completed", "failed"]
+    error: str | None = None
 
 
 class Video(BaseModel):
@@ -71,7 +109,13 @@ class Video(BaseModel):
     seed: int
     num_inference_steps: int
     step: int
+    total_steps: int
+    stage: str | None
+    session_id: str | None
     plan: dict[str, Any]
+    assets: list[Asset]
+    upload: UploadStatus | None = Field(None, description="the object-store copy, when one is configured")
+    webhook: dict[str, Any] | None = Field(None, description="the webhook delivery, once attempted")
 
 
 class VideoList(BaseModel):
@@ -119,6 +163,68 @@ class ImageGenerationRequest(_Body):
     guidance_scale: float | None = None
     flow_shift: float | None = None
     seed: int | None = Field(None, ge=0)
+
+
+class ImageBatchRequest(_Body):
+    """POST /v1/images/batches: up to 20 prompts as one job; each image by index, all as one ZIP."""
+
+    prompts: list[str] = Field(min_length=1)
+    model: str | None = None
+    size: str | None = None
+    negative_prompt: str = Field("", max_length=4000)
+    num_inference_steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = None
+    flow_shift: float | None = None
+    seed: int | None = Field(None, ge=0, description="image i uses seed + i")
+    session_id: str | None = None
+    webhook_url: HttpUrl | None = None
+
+
+class ImageBatch(BaseModel):
+    id: str
+    object: Literal["image.batch"] = "image.batch"
+    created_at: int
+    completed_at: int | None
+    status: VideoStatus
+    progress: int
+    model: str
+    prompts: list[str]
+    size: str
+    seed: int
+    session_id: str | None
+    error: VideoError | None
+    plan: dict[str, Any]
+    assets: list[Asset]
+    upload: UploadStatus | None = None
+    webhook: dict[str, Any] | None = None
+
+
+class SessionCreateRequest(_Body):
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
+
+
+class SessionUpload(BaseModel):
+    """A file uploaded into a session: refer to it by `id` in a video's media fields."""
+
+    id: str
+    object: Literal["session.upload"] = "session.upload"
+    session_id: str
+    kind: Literal["video", "image"]
+    filename: str
+    content_type: str
+    size_bytes: int
+    created_at: int
+    info: dict[str, Any]
+
+
+class Session(BaseModel):
+    id: str
+    object: Literal["session"] = "session"
+    created_at: int
+    metadata: dict[str, str]
+    uploads: list[SessionUpload] = Field(default_factory=list)
+    videos: list[Video] = Field(default_factory=list)
+    image_batches: list[ImageBatch] = Field(default_factory=list)
 
 
 class ImageData(BaseModel):

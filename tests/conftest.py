@@ -28,7 +28,7 @@ def free_port() -> int:
 def app_args(root: Path, models: list[str], **extra: Any) -> dict[str, Any]:
     return {
         "job_db": str(root / "jobs.db"),
-        "storage": {"kind": "local", "root": str(root / "outputs")},
+        "storage": {"root": str(root / "outputs")},
         "models": [{"name": m, "ray_actor_options": {"num_cpus": 0.1}, **extra} for m in models],
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -33,3 +34,71 @@ def probe(data: bytes) -> tuple[np.ndarray, float, str]:
         stream = c.streams.video[0]
         frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(stream)])
         return frames, float(stream.average_rate), stream.codec_context.name
+
+
+_FORMATS = {"mkv": "matroska"}
+_AUDIO_ENCODERS = {  # the first that this FFmpeg build has
+    "mp4": ("aac",),
+    "mov": ("aac",),
+    "mkv": ("aac",),
+    "webm": ("libopus", "libvorbis"),
+    "avi": ("pcm_s16le", "libmp3lame"),
+}
+
+
+def media_file(
+    frames: int = 9,
+    width: int = 64,
+    height: int = 32,
+    fps: int = 16,
+    audio_s: float | None = None,
+    container: str = "mp4",
+    codec: str = "libx264",
+    sample_rate: int = 48000,
+) -> bytes:
+    """A real clip in `container` (mp4, mov, mkv, avi, webm): a bar moving over a gradient, and with `audio_s`
+    a stereo 440 Hz tone of that many seconds, in an audio codec the container takes."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=_FORMATS.get(container, container)) as out:
+        video = out.add_stream(codec, rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        sound = None
+        if audio_s is not None:
+            name = next(c for c in _AUDIO_ENCODERS[container] if c in av.codecs_available)
+            sound = out.add_stream(name, rate=sample_rate)
+            sound.layout = "stereo"
+        for i, image in enumerate(moving_frames(frames, width, height)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        if sound is not None and audio_s is not None:
+            tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(round(audio_s * sample_rate)) / sample_rate)
+            for start in range(0, len(tone), 1024):
+                chunk = tone[start : start + 1024].astype(np.float32)
+                frame = av.AudioFrame.from_ndarray(np.stack([chunk, chunk]), format="fltp", layout="stereo")
+                frame.sample_rate, frame.pts, frame.time_base = sample_rate, start, Fraction(1, sample_rate)
+                out.mux(sound.encode(frame))
+            out.mux(sound.encode())
+    return buf.getvalue()
+
+
+def moving_frames(frames: int = 9, width: int = 64, height: int = 32) -> np.ndarray:
+    """FxHxWx3 uint8: a white bar moving right over a blue gradient, so every frame differs."""
+    images = np.zeros((frames, height, width, 3), np.uint8)
+    images[..., 2] = np.linspace(0, 200, width, dtype=np.uint8)
+    for i in range(frames):
+        x = i * 5 % width
+        images[i, :, x : x + 6] = 255
+    return images
+
+
+def audio_info(data: bytes) -> tuple[str, float, int] | None:
+    """(codec, duration in seconds, sample rate) of the first audio stream, the duration from decoded samples."""
+    with av.open(io.BytesIO(data)) as c:
+        if not c.streams.audio:
+            return None
+        stream = c.streams.audio[0]
+        samples = sum(frame.samples for frame in c.decode(stream))
+        rate = stream.codec_context.sample_rate
+        return stream.codec_context.codec.canonical_name, samples / rate, rate

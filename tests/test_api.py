@@ -98,7 +98,7 @@ def test_vace_edit_with_video_and_mask(client: httpx.Client) -> None:
 
 
 def test_video_to_video_on_a_t2v_model(client: httpx.Client) -> None:
-    video = create(client, data={"prompt": "as a watercolour", "strength": "0.5"},
+    video = create(client, data={"prompt": "as a watercolour", "denoise_strength": "0.5"},
                    files={"video": ("src.mp4", mp4(frames=13), "video/mp4")})
     video, decoded, _ = finished_mp4(client, video)
     assert (video["model"], video["task"]) == ("tiny-t2v", "v2v")
@@ -161,7 +161,7 @@ def test_dry_run_returns_the_plan_without_queueing(client: httpx.Client) -> None
     assert r.status_code == 200, r.text
     plan = r.json()
     assert (plan["object"], plan["model"], plan["task"], plan["num_frames"]) == ("video.plan", "tiny-i2v", "i2v", 81)
-    assert [s["kind"] for s in plan["plan"]["stages"]] == ["generate", "encode", "store"]
+    assert [s["kind"] for s in plan["plan"]["stages"]] == ["generate", "encode", "upload"]
     assert plan["plan"]["stages"][0]["deployment"] == "Generator-tiny-i2v"
     assert client.get("/v1/videos", params={"limit": 1}).json()["last_id"] == before
 
