@@ -44,10 +44,15 @@ class Encoded:
 
 
 class AssetStore:
-    """Local copies always, object-store copies when `s3` is configured."""
+    """Local copies always, object-store copies when `s3` is configured.
 
-    def __init__(self, root: str, s3: S3Config | None = None) -> None:
+    Only the writer (the Uploader) may create the bucket at startup; readers must start without it.
+    """
+
+    def __init__(self, root: str, s3: S3Config | None = None, *, writer: bool = False) -> None:
         self.local = LocalStorage(root)
+        if s3 is not None and not writer:
+            s3 = s3.model_copy(update={"create_bucket": False})
         self.remote = S3Storage(s3) if s3 is not None else None
 
     def save(self, prefix: str, encoded: list[Encoded]) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from deployments.storage import S3Config
 @serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.1})
 class Uploader:
     def __init__(self, root: str, s3: S3Config | None) -> None:
-        self._store = AssetStore(root, s3)
+        self._store = AssetStore(root, s3, writer=True)
 
     @stage("upload")
     async def upload(self, prefix: str, *encoded: list[Encoded]) -> tuple[list[dict[str, Any]], dict | None]:

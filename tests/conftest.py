@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,15 +13,10 @@ import ray
 from ray import serve
 
 from serve_app.app import build_app
+from tests.s3server import free_port
 
 APP = "wan"
 TINY_MODELS = ["tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v", "tiny-a14b"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def app_args(root: Path, models: list[str], **extra: Any) -> dict[str, Any]:

@@ -27,9 +27,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def s3_server(start_timeout_s: float = 30) -> Iterator[str]:
+def s3_server(start_timeout_s: float = 30, port: int | None = None) -> Iterator[str]:
     """Start the server, wait until it answers (bounded), yield its endpoint URL, then stop it."""
-    port = free_port()
+    port = port or free_port()
     endpoint = f"http://127.0.0.1:{port}"
     # A file, not a pipe: the server logs every request, and an unread pipe would fill and stall it.
     with tempfile.TemporaryFile() as log:
