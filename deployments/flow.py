@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -119,7 +118,8 @@ class FlowRunner:
             "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
             "upload": job.upload, "assets": self._store.views(job.kind, job.id, job.assets, self._public_url),
         }
-        return {"id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": f"{job.kind}.{job.status.value}",
+        # One id per job and outcome: it is the webhook-id receivers de-duplicate on, across retries.
+        return {"id": f"evt_{job.id}_{job.status.value}", "object": "event", "type": f"{job.kind}.{job.status.value}",
                 "created_at": int(time.time()), "data": data}
 
 

@@ -161,3 +161,20 @@ def test_uploads_that_are_not_media_are_rejected() -> None:
         decode_image(b"%PDF-1.4 not an image")
     with pytest.raises(MediaError):
         decode_video(b"\x00" * 1000)
+
+
+def test_vace_keyframes_and_a_reference_image(models: dict) -> None:
+    """VACE serves first/last-frame requests from keyframes alone, and follows a reference image."""
+    base = request_for("tiny-vace", Task.VACE)
+    first, last = base.video[0], base.video[-1]
+    keyed = replace(base, video=None, mask=None, image=first, last_image=last)
+    check_request(get_variant("tiny-vace"), keyed)
+    frames = generate(model(models, "tiny-vace"), keyed)
+    assert frames.shape == (9, 32, 64, 3)
+    end_only = generate(model(models, "tiny-vace"), replace(keyed, image=None))
+    assert not np.array_equal(frames, end_only), "the first keyframe conditions the result"
+    referenced = generate(model(models, "tiny-vace"), replace(base, reference_images=[first]))
+    assert referenced.shape == (9, 32, 64, 3), "the reference frame is not part of the output"
+    with pytest.raises(InvalidRequest) as exc:
+        check_request(get_variant("tiny-vace"), replace(keyed, video=base.video))
+    assert exc.value.param == "input_reference"
