@@ -133,7 +133,7 @@ def test_extend_twice_seams_fall_where_the_plan_says(flows: httpx.Client, s3_end
         part, _, _ = probe(content(flows, video["id"], name))
         assert len(part) == stop - start
         assert psnr(part, combined[start:stop]) > 30, f"{name} is where the plan puts it"
-        shifts = [d for d in (-2, -1, 0, 1, 2) if 0 <= start + d and stop + d <= len(combined)]
+        shifts = [d for d in (-2, -1, 0, 1, 2) if start + d >= 0 and stop + d <= len(combined)]
         best = max(shifts, key=lambda d: psnr(part, combined[start + d : stop + d]))
         assert best == 0, f"{name} matches the combined video best {best} frames off the planned seam"
 
