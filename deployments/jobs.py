@@ -7,6 +7,7 @@ from the answer whether to go on, which is how a DELETE on any ingress replica s
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -25,6 +26,8 @@ class QueueFull(Exception):
 class JobTracker:
     def __init__(self, db_path: str) -> None:
         self._store = SQLiteJobStore(db_path)
+        # Replicas of one job report concurrently (a batch's images); read-modify-writes take turns.
+        self._lock = threading.Lock()
         # Jobs left queued or running belonged to processes that are gone: end them, never leave them hanging.
         interrupted = self._store.fail_active(
             "interrupted", "the service restarted while this job was queued or running; submit it again"
@@ -45,25 +48,27 @@ class JobTracker:
 
     def step(self, job_id: str, done: int, total: int, segment: int = 0) -> bool:
         """Record that `done` of `total` steps of generation `segment` are finished; False means: stop now."""
-        job = self._store.get(job_id)
-        if job is None or job.cancel_requested or job.status.terminal:
-            return False
-        steps = {**job.segment_steps, str(segment): done}
-        step = sum(steps.values())
-        fields: dict = dict(segment_steps=steps, step=step,
-                            progress=min(99, 100 * step // max(job.total_steps, total, 1)))
-        if job.status is JobStatus.QUEUED:
-            fields.update(status=JobStatus.IN_PROGRESS, started_at=time.time())
-        self._store.update(job_id, **fields)
-        return True
+        with self._lock:
+            job = self._store.get(job_id)
+            if job is None or job.cancel_requested or job.status.terminal:
+                return False
+            steps = {**job.segment_steps, str(segment): done}
+            step = sum(steps.values())
+            fields: dict = dict(segment_steps=steps, step=step,
+                                progress=min(99, 100 * step // max(job.total_steps, total, 1)))
+            if job.status is JobStatus.QUEUED:
+                fields.update(status=JobStatus.IN_PROGRESS, started_at=time.time())
+            self._store.update(job_id, **fields)
+            return True
 
     def stage(self, job_id: str, kind: str) -> bool:
         """Record that stage `kind` starts; False means the job was cancelled or ended: stop here."""
-        job = self._store.get(job_id)
-        if job is None or job.cancel_requested or job.status.terminal:
-            return False
-        self._store.update(job_id, stage=kind)
-        return True
+        with self._lock:
+            job = self._store.get(job_id)
+            if job is None or job.cancel_requested or job.status.terminal:
+                return False
+            self._store.update(job_id, stage=kind)
+            return True
 
     def finish(
         self, job_id: str, status: JobStatus, assets: list[dict] | None = None,
@@ -82,10 +87,11 @@ class JobTracker:
 
     def cancel(self, job_id: str) -> Job | None:
         """Ask a queued or running job to stop; the generator sees it at its next step."""
-        job = self._store.get(job_id)
-        if job is None or job.status.terminal:
-            return job
-        return self._store.update(job_id, cancel_requested=True, cancel_step=job.step)
+        with self._lock:
+            job = self._store.get(job_id)
+            if job is None or job.status.terminal:
+                return job
+            return self._store.update(job_id, cancel_requested=True, cancel_step=job.step)
 
     def delete(self, job_id: str) -> None:
         self._store.delete(job_id)
