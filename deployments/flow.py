@@ -56,10 +56,10 @@ class FlowRunner:
         except InvalidRequest as exc:
             job = await finish(job_id, JobStatus.FAILED, error=("invalid_request", exc.message))
         except StageFailed as exc:
-            log.warning("job %s failed in %s: %s", job_id, exc.stage, exc.message)
+            log.warning("job %s failed in %s: %s", job_id, exc.stage, exc.message, extra={"job_id": job_id})
             job = await finish(job_id, JobStatus.FAILED, error=(f"{exc.stage}_failed", exc.message))
         except Exception as exc:  # a replica died, or the runner itself broke: blame the stage it was in
-            log.exception("job %s failed in %s", job_id, current[0])
+            log.exception("job %s failed in %s", job_id, current[0], extra={"job_id": job_id})
             job = await finish(job_id, JobStatus.FAILED, error=(f"{current[0]}_failed", _reason(exc)))
         else:
             job = await finish(job_id, JobStatus.COMPLETED, assets=assets, upload=upload)

@@ -7,11 +7,14 @@ metrics); `max_ongoing_requests: 1` because a diffusers pipeline is not thread-s
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.metrics import GeneratorMetrics
 from deployments.plan import stage
 from pipelines.generate import generate
 from pipelines.loading import load_model
@@ -19,6 +22,7 @@ from pipelines.request import GenerationCancelled, GenerationRequest
 from pipelines.variants import get_variant
 
 REPORT_TIMEOUT_S = 30.0
+log = logging.getLogger("ray.serve")
 
 
 @serve.deployment(max_ongoing_requests=1)
@@ -33,11 +37,16 @@ class WanGenerator:
         gpu_memory_fraction: float | None = None,
         cpu_offload: bool = False,
     ) -> None:
+        started = time.perf_counter()
         self._model = load_model(
             get_variant(model), weights, dtype=dtype, device=device,
             gpu_memory_fraction=gpu_memory_fraction, cpu_offload=cpu_offload,
         )
         self._tracker = tracker
+        self._metrics = GeneratorMetrics()
+        self._tags = {"model": model}
+        self._metrics.load_seconds.set(time.perf_counter() - started, self._tags)
+        log.info("%s loaded on %s in %.1f s", model, self._model.device, time.perf_counter() - started)
 
     @stage("generate")
     async def generate(self, job_id: str, request: GenerationRequest, segment: int = 0) -> np.ndarray:
@@ -49,9 +58,21 @@ class WanGenerator:
         return await asyncio.to_thread(self._run, job_id, request, segment)
 
     def _run(self, job_id: str, request: GenerationRequest, segment: int) -> np.ndarray:
+        last = [time.perf_counter()]
+
         def on_step(done: int, total: int) -> bool:
+            now = time.perf_counter()
+            if done:
+                self._metrics.step_seconds.observe(now - last[0], self._tags)
+            last[0] = now
             return self._tracker.step.remote(job_id, done, total, segment).result(timeout_s=REPORT_TIMEOUT_S)
 
         if not on_step(0, request.num_inference_steps):
             raise GenerationCancelled("cancelled before it started")
-        return generate(self._model, request, on_step)
+        started = time.perf_counter()
+        frames = generate(self._model, request, on_step)
+        seconds = time.perf_counter() - started
+        self._metrics.generation_seconds.observe(seconds, {**self._tags, "task": request.task.value})
+        log.info("job %s: %s segment %d, %d frames in %.2f s", job_id, request.task.value, segment, len(frames),
+                 seconds, extra={"job_id": job_id})
+        return frames

@@ -13,7 +13,8 @@ from typing import Any
 
 from ray import serve
 
-from deployments.jobstore import Job, JobStatus, Session, SQLiteJobStore, Upload
+from deployments.jobstore import ACTIVE, Job, JobStatus, Session, SQLiteJobStore, Upload
+from deployments.metrics import JobMetrics
 
 log = logging.getLogger("ray.serve")
 
@@ -28,17 +29,30 @@ class JobTracker:
         self._store = SQLiteJobStore(db_path)
         # Replicas of one job report concurrently (a batch's images); read-modify-writes take turns.
         self._lock = threading.Lock()
+        self._metrics = JobMetrics()
+        self._models: set[str] = set()  # every model a gauge was set for, so it can go back to 0
         # Jobs left queued or running belonged to processes that are gone: end them, never leave them hanging.
         interrupted = self._store.fail_active(
             "interrupted", "the service restarted while this job was queued or running; submit it again"
         )
         if interrupted:
             log.warning("marked %d interrupted jobs as failed", interrupted)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Set the queued / in_progress gauges of every model from the store, the one source of truth."""
+        counts = self._store.active_counts()
+        self._models.update(model for model, _ in counts)
+        for model in self._models:
+            for status in ACTIVE:
+                self._metrics.active.set(counts.get((model, status), 0), {"model": model, "status": status})
 
     def create(self, job: Job, max_active: int) -> None:
         if self._store.count_active(job.model) >= max_active:
             raise QueueFull(f"{job.model} already has {max_active} jobs queued or running")
         self._store.create(job)
+        self._metrics.created.inc(1, {"model": job.model, "kind": job.kind})
+        self._refresh()
 
     def get(self, job_id: str) -> Job | None:
         return self._store.get(job_id)
@@ -56,10 +70,13 @@ class JobTracker:
             step = sum(steps.values())
             fields: dict = dict(segment_steps=steps, step=step,
                                 progress=min(99, 100 * step // max(job.total_steps, total, 1)))
-            if job.status is JobStatus.QUEUED:
+            started = job.status is JobStatus.QUEUED
+            if started:
                 fields.update(status=JobStatus.IN_PROGRESS, started_at=time.time())
             self._store.update(job_id, **fields)
-            return True
+        if started:
+            self._refresh()
+        return True
 
     def stage(self, job_id: str, kind: str) -> bool:
         """Record that stage `kind` starts; False means the job was cancelled or ended: stop here."""
@@ -79,7 +96,11 @@ class JobTracker:
             fields.update(progress=100, assets=assets or [], upload=upload)
         if error is not None:
             fields.update(error_code=error[0], error_message=error[1])
-        return self._store.update(job_id, **fields)
+        job = self._store.update(job_id, **fields)
+        if job is not None and job.status is status:
+            self._metrics.finished.inc(1, {"model": job.model, "kind": job.kind, "status": status.value})
+            self._refresh()
+        return job
 
     def annotate(self, job_id: str, **fields: Any) -> Job | None:
         """Record what happens after a job ends: an upload retried, a webhook delivered."""
@@ -95,6 +116,16 @@ class JobTracker:
 
     def delete(self, job_id: str) -> None:
         self._store.delete(job_id)
+
+    def queue(self) -> dict[str, dict[str, int]]:
+        """Per model: jobs queued (waiting for a replica) and in progress."""
+        counts = self._store.active_counts()
+        return {model: {"queued": counts.get((model, JobStatus.QUEUED), 0),
+                        "in_progress": counts.get((model, JobStatus.IN_PROGRESS), 0)}
+                for model in {m for m, _ in counts}}
+
+    def queue_position(self, job_id: str) -> int | None:
+        return self._store.queue_position(job_id)
 
     # --- sessions -------------------------------------------------------------------------------
 

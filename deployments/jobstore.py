@@ -91,6 +91,8 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> Job | None: ...
     def list(self, *, kind: str, after: str | None, limit: int, order: str) -> tuple[list[Job], bool]: ...
     def count_active(self, model: str) -> int: ...
+    def active_counts(self) -> dict[tuple[str, str], int]: ...
+    def queue_position(self, job_id: str) -> int | None: ...
     def update(self, job_id: str, *, even_if_ended: bool = False, **fields: Any) -> Job | None: ...
     def jobs_in_session(self, session_id: str) -> list[Job]: ...
     def create_session(self, session: Session) -> None: ...
@@ -171,6 +173,23 @@ class SQLiteJobStore:
                 "SELECT COUNT(*) FROM jobs WHERE model = ? AND status IN (?, ?)", (model, *ACTIVE)
             ).fetchone()
         return n
+
+    def active_counts(self) -> dict[tuple[str, str], int]:
+        """Jobs queued or running, by (model, status)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT model, status, COUNT(*) FROM jobs WHERE status IN (?, ?) GROUP BY model, status", ACTIVE
+            ).fetchall()
+        return {(model, status): n for model, status, n in rows}
+
+    def queue_position(self, job_id: str) -> int | None:
+        """1 for the next queued job of its model to start, 2 for the one after, ...; None once started."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM jobs AS q, jobs AS j WHERE j.id = ? AND j.status = ? AND q.model = j.model "
+                "AND q.status = ? AND q.seq <= j.seq", (job_id, JobStatus.QUEUED, JobStatus.QUEUED)
+            ).fetchone()
+        return row[0] or None
 
     def update(self, job_id: str, *, even_if_ended: bool = False, **fields: Any) -> Job | None:
         """Set `fields` unless the job has already ended; returns the job as it now stands.

@@ -39,6 +39,8 @@ from serve_app.schemas import (
     ImagesResponse,
     ModelCard,
     ModelList,
+    Queue,
+    QueueEntry,
     SessionCreateRequest,
     SessionUpload,
     Video,
@@ -109,6 +111,10 @@ def _url(url: object | None) -> str | None:
 
 def _error(job: Job) -> VideoError | None:
     return VideoError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+
+
+def _replicas(deployment: Any) -> dict[str, int]:
+    return {str(k): n for k, n in deployment.replica_states.items()} if deployment else {}
 
 
 def _upload_view(upload: Upload) -> SessionUpload:
@@ -280,7 +286,10 @@ class Gateway:
     @api.get("/v1/videos/{video_id}", response_model=Video)
     async def get_video(self, request: Request, video_id: str) -> JSONResponse:
         job = await self._job(video_id)
-        return JSONResponse(self._video(job, str(request.base_url)).model_dump(), headers=self._poll)
+        video = self._video(job, str(request.base_url))
+        if job.status is JobStatus.QUEUED:
+            video.queue_position = await self._tracker.queue_position.remote(job.id)
+        return JSONResponse(video.model_dump(), headers=self._poll)
 
     @api.delete("/v1/videos/{video_id}", response_model=VideoDeleted)
     async def delete_video(self, video_id: str) -> VideoDeleted:
@@ -429,23 +438,37 @@ class Gateway:
         return Upload(id=upload_id, session_id=session_id, kind=kind, filename=filename, key=key,
                       content_type=MEDIA_TYPES[ext], size_bytes=len(stored), info=info)
 
-    # --- models and health --------------------------------------------------------------------------
+    # --- models, queue and health --------------------------------------------------------------------
 
-    @api.get("/v1/models", response_model=ModelList)
-    async def list_models(self) -> ModelList:
+    async def _generators(self) -> dict[str, Any]:
+        """Each served model's generator deployment status, from Serve."""
         status = await asyncio.to_thread(serve.status)
         app = status.applications.get(serve.get_replica_context().app_name)
         deployments = app.deployments if app else {}
+        return {m.name: deployments.get(generator_name(m.name)) for m in self._config.models}
+
+    @api.get("/v1/queue", response_model=Queue)
+    async def queue(self) -> Queue:
+        """Per model: jobs waiting, jobs running, the admission limit, and the generator's replicas."""
+        counts, generators = await asyncio.gather(self._tracker.queue.remote(), self._generators())
+        return Queue(data=[
+            QueueEntry(model=m.name, **counts.get(m.name, {"queued": 0, "in_progress": 0}),
+                       max_queued_jobs=m.max_queued_jobs, replicas=_replicas(generators[m.name]))
+            for m in self._config.models
+        ])
+
+    @api.get("/v1/models", response_model=ModelList)
+    async def list_models(self) -> ModelList:
+        generators = await self._generators()
         cards = []
         for m in self._config.models:
             v = CATALOG[m.name]
-            d = deployments.get(generator_name(m.name))
+            d = generators[m.name]
             cards.append(ModelCard(
                 id=v.name, created=0, description=v.description, tasks=[t.value for t in v.tasks],
                 default_for=[t.value for t in v.tasks if self._config.default_model(t) == v.name],
                 fps=v.fps, sizes={k: f"{w}x{h}" for k, (w, h) in v.sizes.items()}, max_frames=v.max_frames,
-                replicas={"status": d.status.value if d else "UNKNOWN",
-                          "states": {str(k): n for k, n in d.replica_states.items()} if d else {}},
+                replicas={"status": d.status.value if d else "UNKNOWN", "states": _replicas(d)},
             ))
         return ModelList(data=cards)
 

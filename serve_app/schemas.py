@@ -111,6 +111,7 @@ class Video(BaseModel):
     step: int
     total_steps: int
     stage: str | None
+    queue_position: int | None = Field(None, description="1: next to start on its model; set while queued")
     session_id: str | None
     plan: dict[str, Any]
     assets: list[Asset]
@@ -255,6 +256,19 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class QueueEntry(BaseModel):
+    model: str
+    queued: int = Field(description="accepted, waiting for a replica")
+    in_progress: int
+    max_queued_jobs: int = Field(description="queued + running before a create is answered 429")
+    replicas: dict[str, int] = Field(description="the generator's replicas by state")
+
+
+class Queue(BaseModel):
+    object: Literal["queue"] = "queue"
+    data: list[QueueEntry]
 
 
 class ErrorDetail(BaseModel):

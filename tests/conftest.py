@@ -16,6 +16,7 @@ from serve_app.app import build_app
 from tests.s3server import free_port
 
 APP = "wan"
+METRICS_PORT = free_port()
 TINY_MODELS = ["tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v", "tiny-a14b"]
 
 
@@ -30,7 +31,9 @@ def app_args(root: Path, models: list[str], **extra: Any) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def serve_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    # Metrics on a known port, reported every second, so tests can read them off the Prometheus endpoint.
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, _metrics_export_port=METRICS_PORT,
+             _system_config={"metrics_report_interval_ms": 1000})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     root = tmp_path_factory.mktemp("serve")
     serve.run(build_app(app_args(root, TINY_MODELS)), name=APP, route_prefix="/")
@@ -55,3 +58,16 @@ def wait_for(client: httpx.Client, video_id: str, until: set[str], timeout_s: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"{video_id} still {video['status']} after {timeout_s}s: {video}")
         time.sleep(0.05)
+
+
+def scrape_until(names: set[str], timeout_s: float = 60) -> str:
+    """The node's Prometheus text once every metric in `names` is in it (metrics are reported each second)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+        missing = {n for n in names if f"\n{n}" not in text and f"\n{n}{{" not in text}
+        if not missing:
+            return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"metrics never exported: {sorted(missing)}")
+        time.sleep(0.5)

@@ -15,7 +15,7 @@ from openai import OpenAI
 from PIL import Image
 from ray import serve
 
-from tests.conftest import APP, wait_for
+from tests.conftest import APP, scrape_until, wait_for
 from tests.media import mp4, png, probe
 
 DONE = {"completed", "failed", "cancelled"}
@@ -265,3 +265,30 @@ def test_models_and_health(client: httpx.Client) -> None:
     assert models["tiny-ti2v"]["fps"] == 24
     assert models["tiny-t2v"]["replicas"]["states"].get("RUNNING") == 1
     assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_queue_depth_and_position(client: httpx.Client) -> None:
+    body = {"prompt": "slow", "model": "tiny-a14b", "num_frames": 81, "num_inference_steps": 200}
+    running = create(client, json=body)
+    waiting = create(client, json=body)
+    wait_for(client, running["id"], {"in_progress"})
+    assert client.get(f"/v1/videos/{waiting['id']}").json()["queue_position"] == 1
+    entry = next(q for q in client.get("/v1/queue").json()["data"] if q["model"] == "tiny-a14b")
+    assert (entry["queued"], entry["in_progress"], entry["max_queued_jobs"]) == (1, 1, 64)
+    assert entry["replicas"] == {"RUNNING": 1}
+    for video in (waiting, running):
+        client.delete(f"/v1/videos/{video['id']}")
+    assert wait_for(client, waiting["id"], DONE)["status"] == "cancelled"
+    assert client.get(f"/v1/videos/{running['id']}").json()["queue_position"] is None
+
+
+def test_custom_metrics_on_the_prometheus_endpoint(client: httpx.Client) -> None:
+    finished_mp4(client, create(client, json={"prompt": "measured", "num_frames": 5}))
+    text = scrape_until({
+        "ray_wan_jobs_finished_total", "ray_wan_jobs_created_total", "ray_wan_jobs",
+        "ray_wan_generation_seconds_bucket", "ray_wan_denoising_step_seconds_bucket", "ray_wan_model_load_seconds",
+        "ray_serve_deployment_request_counter_total",  # Serve's own, on the same endpoint
+    })
+    finished = [line for line in text.splitlines()
+                if line.startswith("ray_wan_jobs_finished_total{") and 'status="completed"' in line]
+    assert any('model="tiny-t2v"' in line and float(line.rsplit(" ", 1)[1]) >= 1 for line in finished), finished

@@ -27,7 +27,7 @@ from ray import serve
 
 from deployments.notifier import new_secret
 from serve_app.app import build_app
-from tests.conftest import app_args, wait_for
+from tests.conftest import app_args, scrape_until, wait_for
 from tests.media import audio_info, media_file, mp4, png, probe
 from tests.s3server import free_port, s3_server
 
@@ -324,6 +324,7 @@ def test_a_failed_upload_keeps_the_video_and_can_be_retried(serve_url: str, tmp_
         with httpx.Client(base_url=f"{serve_url}/s3down", timeout=60) as client:
             video = completed(client, client.post("/v1/videos", json={"prompt": "kept", "num_frames": 5}).json()["id"])
             assert video["upload"]["status"] == "failed" and BUCKET in video["upload"]["error"]
+            scrape_until({"ray_wan_upload_failures_total"})
             frames, _, _ = probe(content(client, video["id"], "video"))
             assert len(frames) == 5, "the local copy serves the video"
             assert video["assets"][0]["url"].startswith(f"{serve_url}/s3down/v1/videos/")

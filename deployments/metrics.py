@@ -1,0 +1,39 @@
+"""wan-serve's own metrics, exported next to Ray Serve's on every node's Prometheus endpoint.
+
+Ray prefixes each name with `ray_`: `ray_wan_generation_seconds_bucket`, `ray_wan_jobs`, ... Each
+deployment creates the ones it records, in its replica, since a Ray metric belongs to its process.
+"""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+# Wan generations take seconds (tiny twins, small clips) to tens of minutes (14B at 720p).
+GENERATION_BUCKETS = [0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 2400]
+STEP_BUCKETS = [0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+
+
+class GeneratorMetrics:
+    def __init__(self) -> None:
+        self.generation_seconds = Histogram(
+            "wan_generation_seconds", "wall time of one generation (one window or image)",
+            boundaries=GENERATION_BUCKETS, tag_keys=("model", "task"))
+        self.step_seconds = Histogram(
+            "wan_denoising_step_seconds", "wall time of one denoising step", boundaries=STEP_BUCKETS,
+            tag_keys=("model",))
+        self.load_seconds = Gauge("wan_model_load_seconds", "time this replica took to load its model",
+                                  tag_keys=("model",))
+
+
+class JobMetrics:
+    def __init__(self) -> None:
+        self.active = Gauge("wan_jobs", "jobs queued or running now, by model and status",
+                            tag_keys=("model", "status"))
+        self.created = Counter("wan_jobs_created_total", "jobs accepted", tag_keys=("model", "kind"))
+        self.finished = Counter("wan_jobs_finished_total", "jobs ended, by how they ended",
+                                tag_keys=("model", "kind", "status"))
+
+
+class UploadMetrics:
+    def __init__(self) -> None:
+        self.failures = Counter("wan_upload_failures_total", "object-store uploads that failed after retries")
