@@ -45,10 +45,12 @@ class FlowRunner:
         self._store = AssetStore(storage_root, s3)
         self._public_url = public_url
         self._waiters = ThreadPoolExecutor(max_workers=64, thread_name_prefix="settle")
+        self._replica = serve.get_replica_context().replica_id.to_full_id_str()
 
     async def run(self, job_id: str, plan: Plan, inputs: FlowInputs) -> None:
         current: list[str] = ["queued"]
         finish = self._tracker.finish.remote
+        await self._tracker.claim.remote(job_id, self._replica)  # while this replica lives, the job is not lost
         try:
             assets, upload = await self._execute(job_id, plan, inputs, current)
         except GenerationCancelled:

@@ -11,12 +11,26 @@ import threading
 import time
 from typing import Any
 
+import ray
 from ray import serve
 
 from deployments.jobstore import ACTIVE, Job, JobStatus, Session, SQLiteJobStore, Upload
 from deployments.metrics import JobMetrics
 
 log = logging.getLogger("ray.serve")
+SERVE_NAMESPACE = "serve"  # where Serve names its replica actors
+
+
+SWEEP_INTERVAL_S = 30.0
+CLAIM_GRACE_S = 60.0
+
+
+def _alive(actor_name: str) -> bool:
+    try:
+        ray.get_actor(actor_name, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return False
+    return True
 
 
 class QueueFull(Exception):
@@ -31,13 +45,27 @@ class JobTracker:
         self._lock = threading.Lock()
         self._metrics = JobMetrics()
         self._models: set[str] = set()  # every model a gauge was set for, so it can go back to 0
-        # Jobs left queued or running belonged to processes that are gone: end them, never leave them hanging.
-        interrupted = self._store.fail_active(
-            "interrupted", "the service restarted while this job was queued or running; submit it again"
-        )
-        if interrupted:
-            log.warning("marked %d interrupted jobs as failed", interrupted)
+        # Jobs whose flow runner is gone (a restart, a crash) are ended, never left hanging; jobs whose
+        # runner lives on (this tracker alone was replaced, as in a redeploy) are left to finish.
+        self._sweep()
+        self._stop = threading.Event()
+        threading.Thread(target=self._sweep_every, args=(SWEEP_INTERVAL_S,), daemon=True).start()
+
+    def _sweep(self) -> None:
+        now = time.time()
+        for job in self._store.active():
+            if job.owner is None and now - job.created_at < CLAIM_GRACE_S:
+                continue  # just accepted: its runner has not claimed it yet
+            if job.owner is not None and _alive(job.owner):
+                continue
+            log.warning("job %s lost its flow runner %s: failing it", job.id, job.owner, extra={"job_id": job.id})
+            self.finish(job.id, JobStatus.FAILED, error=(
+                "interrupted", "the service restarted while this job was queued or running; submit it again"))
         self._refresh()
+
+    def _sweep_every(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self._sweep()
 
     def _refresh(self) -> None:
         """Set the queued / in_progress gauges of every model from the store, the one source of truth."""
@@ -53,6 +81,10 @@ class JobTracker:
         self._store.create(job)
         self._metrics.created.inc(1, {"model": job.model, "kind": job.kind})
         self._refresh()
+
+    def claim(self, job_id: str, owner: str) -> None:
+        """`owner` (a flow runner replica's actor name) runs this job now."""
+        self._store.update(job_id, owner=owner)
 
     def get(self, job_id: str) -> Job | None:
         return self._store.get(job_id)

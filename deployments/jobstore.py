@@ -45,6 +45,7 @@ class Job:
     status: JobStatus = JobStatus.QUEUED
     session_id: str | None = None
     webhook_url: str | None = None
+    owner: str | None = None  # the Ray actor running the job's flow; gone means the job is lost
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     completed_at: float | None = None
@@ -100,7 +101,7 @@ class JobStore(Protocol):
     def add_upload(self, upload: Upload) -> None: ...
     def uploads(self, session_id: str) -> list[Upload]: ...
     def delete(self, job_id: str) -> None: ...
-    def fail_active(self, code: str, message: str) -> int: ...
+    def active(self) -> list[Job]: ...
 
 
 class SQLiteJobStore:
@@ -237,13 +238,8 @@ class SQLiteJobStore:
             ).fetchall()
         return [Upload(**json.loads(r[0])) for r in rows]
 
-    def fail_active(self, code: str, message: str) -> int:
-        """End every job still queued or running, e.g. after a restart lost the processes running them."""
+    def active(self) -> list[Job]:
+        """Every job still queued or running."""
         with self._lock:
-            rows = self._db.execute("SELECT data FROM jobs WHERE status IN (?, ?)", ACTIVE).fetchall()
-            for (data,) in rows:
-                job = self._decode(data)
-                job.status, job.error_code, job.error_message = JobStatus.FAILED, code, message
-                job.completed_at = time.time()
-                self._write(job)
-        return len(rows)
+            rows = self._db.execute("SELECT data FROM jobs WHERE status IN (?, ?) ORDER BY seq", ACTIVE).fetchall()
+        return [self._decode(r[0]) for r in rows]

@@ -72,13 +72,15 @@ def build_app(args: dict[str, Any]) -> Application:
         for m in config.models
     }
     storage, hooks = config.storage, config.webhooks
+    # Runners wait on generations: on a redeploy, the old replicas must outlive the longest one.
+    drain = {"graceful_shutdown_timeout_s": max(m.graceful_shutdown_timeout_s for m in config.models)}
     uploader = Uploader.bind(storage.root, storage.s3)
     stages = {
-        "extend": Extender.bind(generators),
+        "extend": Extender.options(**drain).bind(generators),
         "interpolate": Interpolator.options(num_replicas=config.interpolator_replicas).bind(),
         "encode": VideoEncoder.options(num_replicas=config.encoder_replicas).bind(),
         "upload": uploader,
         "notify": Notifier.bind(hooks.signing_secret(), hooks.max_attempts, hooks.backoff_s, hooks.timeout_s),
     }
-    flow = FlowRunner.bind(generators, stages, tracker, storage.root, storage.s3, config.public_url)
+    flow = FlowRunner.options(**drain).bind(generators, stages, tracker, storage.root, storage.s3, config.public_url)
     return Gateway.options(num_replicas=config.gateway_replicas).bind(config, tracker, flow, uploader)

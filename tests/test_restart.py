@@ -40,3 +40,24 @@ def test_restart_keeps_finished_jobs_and_fails_interrupted_ones(serve_url: str, 
         listed = [v["id"] for v in client.get("/v1/videos").json()["data"]]
         assert listed == [running["id"], done["id"]]
     serve.delete("restart")
+
+
+def test_a_redeploy_lets_a_running_generation_finish(serve_url: str, tmp_path) -> None:
+    args = app_args(tmp_path, ["tiny-t2v"], graceful_shutdown_timeout_s=300)
+    serve.run(build_app(args), name="redeploy", route_prefix="/redeploy")
+    with httpx.Client(base_url=f"{serve_url}/redeploy", timeout=60) as client:
+        running = client.post("/v1/videos", json={"prompt": "through a redeploy", "num_frames": 81,
+                                                  "num_inference_steps": 200}).json()
+        before = wait_for(client, running["id"], {"in_progress"})
+        # A new configuration: Serve starts new replicas of every deployment (the job tracker too) and
+        # drains the old ones; the old generator and flow runner keep the running job until it ends.
+        args["models"][0]["ray_actor_options"] = {"num_cpus": 0.11}
+        serve.run(build_app(args), name="redeploy", route_prefix="/redeploy")
+        assert before["step"] < 200, "the redeploy began while the job was running"
+        done = wait_for(client, running["id"], DONE)
+        assert done["status"] == "completed", done
+        frames, _, _ = probe(client.get(f"/v1/videos/{running['id']}/content").content)
+        assert len(frames) == 81
+        after = client.post("/v1/videos", json={"prompt": "on the new replica", "num_frames": 5}).json()
+        assert wait_for(client, after["id"], DONE)["status"] == "completed"
+    serve.delete("redeploy")
