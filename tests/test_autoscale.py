@@ -1,0 +1,50 @@
+"""Autoscaling on a real Serve app: a burst of jobs scales a model's generator up from one replica, every
+job completes, and the replicas scale back down once the burst is served."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+from ray import serve
+
+from serve_app.app import build_app
+from serve_app.router import generator_name
+from tests.conftest import app_args, wait_for
+
+DONE = {"completed", "failed", "cancelled"}
+APP = "autoscale"
+
+
+def running_replicas() -> int:
+    deployment = serve.status().applications[APP].deployments[generator_name("tiny-t2v")]
+    return deployment.replica_states.get("RUNNING", 0)
+
+
+def until(check: Any, timeout_s: float, what: str) -> float:
+    """Seconds until `check()` holds (polled; the deadline only bounds a hang)."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout_s, f"{what} did not happen within {timeout_s} s"
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def test_a_burst_scales_a_generator_up_and_back_down(serve_url: str, tmp_path) -> None:
+    autoscaling = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
+                   "upscale_delay_s": 0, "downscale_delay_s": 2, "metrics_interval_s": 0.5, "look_back_period_s": 1}
+    serve.run(build_app(app_args(tmp_path, ["tiny-t2v"], autoscaling_config=autoscaling)), name=APP,
+              route_prefix=f"/{APP}")
+    try:
+        assert running_replicas() == 1
+        with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
+            # jobs long enough (seconds each on a tiny twin) that the queue outlives the autoscaler's reaction
+            body = {"prompt": "a crowd", "num_frames": 81, "num_inference_steps": 120}
+            burst = [client.post("/v1/videos", json=body).json()["id"] for _ in range(6)]
+            scale_up_s = until(lambda: running_replicas() >= 2, 180, "a scale-up")
+            print(f"burst of 6 jobs -> a second replica RUNNING after {scale_up_s:.1f} s")
+            assert [wait_for(client, i, DONE, timeout_s=300)["status"] for i in burst] == ["completed"] * 6
+            until(lambda: running_replicas() == 1, 120, "the scale-down")
+    finally:
+        serve.delete(APP)
