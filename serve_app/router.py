@@ -241,8 +241,7 @@ def generation_request(variant: Variant, task: Task, fields: Fields, width: int,
         task=task, prompt=fields.prompt, negative_prompt=fields.negative_prompt, width=width, height=height,
         num_frames=frames, num_inference_steps=fields.num_inference_steps or variant.steps,
         guidance_scale=variant.guidance_scale if fields.guidance_scale is None else fields.guidance_scale,
-        guidance_scale_2=(fields.guidance_scale_2 if fields.guidance_scale_2 is not None else variant.guidance_scale_2)
-        if variant.boundary_ratio is not None else fields.guidance_scale_2,
+        guidance_scale_2=variant.guidance_scale_2 if fields.guidance_scale_2 is None else fields.guidance_scale_2,
         flow_shift=fields.flow_shift or variant.flow_shift, seed=seed, denoise_strength=denoise_strength(fields),
     )
 
