@@ -102,3 +102,8 @@ def audio_info(data: bytes) -> tuple[str, float, int] | None:
         samples = sum(frame.samples for frame in c.decode(stream))
         rate = stream.codec_context.sample_rate
         return stream.codec_context.codec.canonical_name, samples / rate, rate
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))

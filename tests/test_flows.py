@@ -28,7 +28,7 @@ from ray import serve
 from deployments.notifier import new_secret
 from serve_app.app import build_app
 from tests.conftest import app_args, scrape_until, wait_for
-from tests.media import audio_info, media_file, mp4, png, probe
+from tests.media import audio_info, media_file, mp4, png, probe, psnr
 from tests.s3server import free_port, s3_server
 
 DONE = {"completed", "failed", "cancelled"}
@@ -105,11 +105,6 @@ def poll(client: httpx.Client, path: str, until: Callable[[dict], bool], timeout
         assert time.monotonic() < deadline, f"{path} never got there: {body}"
         time.sleep(0.05)
     return body
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 def test_extend_twice_seams_fall_where_the_plan_says(flows: httpx.Client, s3_endpoint: str) -> None:
