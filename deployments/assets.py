@@ -7,13 +7,14 @@ S3 configured it is then copied to the bucket under the same key and served from
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from deployments.storage import LocalStorage, S3Config, S3Storage, StorageError
 
 log = logging.getLogger("ray.serve")
+CHUNK_BYTES = 1 << 20
 
 MEDIA_TYPES = {"mp4": "video/mp4", "webp": "image/webp", "png": "image/png", "jpg": "image/jpeg",
                "zip": "application/zip"}
@@ -43,16 +44,36 @@ class Encoded:
                     thumbnail=self.thumbnail, file_size_bytes=len(self.data), remote=False)
 
 
-class AssetStore:
-    """Local copies always, object-store copies when `s3` is configured.
+class AssetLinks:
+    """Where clients fetch assets: the bucket's URL once uploaded, else this service's content endpoint.
 
-    Only the writer (the Uploader) may create the bucket at startup; readers must start without it.
+    Needs no disk, so every replica that shows a job (Gateway, FlowRunner) can run on any node.
     """
 
-    def __init__(self, root: str, s3: S3Config | None = None, *, writer: bool = False) -> None:
+    def __init__(self, s3: S3Config | None = None) -> None:
+        # Presigning is local signing: no request, and no bucket creation (that is the writer's job).
+        self.remote = S3Storage(s3.model_copy(update={"create_bucket": False})) if s3 is not None else None
+
+    def url(self, kind: str, job_id: str, record: dict[str, Any], base: str) -> str:
+        if record["remote"] and self.remote is not None and (url := self.remote.url(record["key"])):
+            return url
+        return f"{base.rstrip('/')}/{CONTENT_PATHS[kind]}/{job_id}/content?variant={record['name']}"
+
+    def views(self, kind: str, job_id: str, records: list[dict[str, Any]], base: str) -> list[dict[str, Any]]:
+        """The assets as clients see them: with URLs, their thumbnails' URLs, no storage internals."""
+        urls = {r["name"]: self.url(kind, job_id, r, base) for r in records}
+        return [dict(name=r["name"], type=r["type"], format=r["format"], url=urls[r["name"]],
+                     thumbnail_url=urls.get(r["thumbnail"]) if r["thumbnail"] else None, width=r["width"],
+                     height=r["height"], frames=r["frames"], fps=r["fps"], duration=r["duration"],
+                     file_size_bytes=r["file_size_bytes"])
+                for r in records]
+
+
+class AssetStore:
+    """Local copies always, object-store copies when `s3` is configured: the Uploader's, and only its."""
+
+    def __init__(self, root: str, s3: S3Config | None = None) -> None:
         self.local = LocalStorage(root)
-        if s3 is not None and not writer:
-            s3 = s3.model_copy(update={"create_bucket": False})
         self.remote = S3Storage(s3) if s3 is not None else None
 
     def save(self, prefix: str, encoded: list[Encoded]) -> list[dict[str, Any]]:
@@ -79,29 +100,16 @@ class AssetStore:
             pushed.append(record)
         return pushed, {"status": "completed", "error": None}
 
-    def path(self, record: dict[str, Any]) -> Path | None:
-        return self.local.local_path(record["key"])
-
-    def read(self, record: dict[str, Any]) -> bytes:
-        return self.local.get(record["key"])
+    def chunks(self, key: str, start: int, stop: int, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """Bytes [start, stop) of a local copy, in pieces, so a large video is never whole in memory."""
+        with self.local.open(key) as f:
+            f.seek(start)
+            while start < stop and (chunk := f.read(min(size, stop - start))):
+                start += len(chunk)
+                yield chunk
 
     def delete(self, records: list[dict[str, Any]]) -> None:
         for record in records:
             self.local.delete(record["key"])
             if record["remote"] and self.remote is not None:
                 self.remote.delete(record["key"])
-
-    def url(self, kind: str, job_id: str, record: dict[str, Any], base: str) -> str:
-        """The bucket's URL once uploaded (public or presigned), else this service's content endpoint."""
-        if record["remote"] and self.remote is not None and (url := self.remote.url(record["key"])):
-            return url
-        return f"{base.rstrip('/')}/{CONTENT_PATHS[kind]}/{job_id}/content?variant={record['name']}"
-
-    def views(self, kind: str, job_id: str, records: list[dict[str, Any]], base: str) -> list[dict[str, Any]]:
-        """The assets as clients see them: with URLs, their thumbnails' URLs, no storage internals."""
-        urls = {r["name"]: self.url(kind, job_id, r, base) for r in records}
-        return [dict(name=r["name"], type=r["type"], format=r["format"], url=urls[r["name"]],
-                     thumbnail_url=urls.get(r["thumbnail"]) if r["thumbnail"] else None, width=r["width"],
-                     height=r["height"], frames=r["frames"], fps=r["fps"], duration=r["duration"],
-                     file_size_bytes=r["file_size_bytes"])
-                for r in records]

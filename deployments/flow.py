@@ -19,7 +19,7 @@ import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from deployments.assets import AssetStore
+from deployments.assets import AssetLinks
 from deployments.jobstore import Job, JobStatus
 from deployments.plan import FlowInputs, Plan, StageFailed
 from deployments.storage import S3Config
@@ -35,14 +35,13 @@ class FlowRunner:
         generators: dict[str, DeploymentHandle],
         stages: dict[str, DeploymentHandle],
         tracker: DeploymentHandle,
-        storage_root: str,
         s3: S3Config | None = None,
         public_url: str = "",
     ) -> None:
         self._generators = generators
         self._stages = stages  # extend, interpolate, encode, upload, notify
         self._tracker = tracker
-        self._store = AssetStore(storage_root, s3)
+        self._links = AssetLinks(s3)
         self._public_url = public_url
         self._waiters = ThreadPoolExecutor(max_workers=64, thread_name_prefix="settle")
         self._replica = serve.get_replica_context().replica_id.to_full_id_str()
@@ -118,7 +117,7 @@ class FlowRunner:
             "prompt": job.prompt, "session_id": job.session_id, "created_at": int(job.created_at),
             "completed_at": int(job.completed_at) if job.completed_at else None, **job.params,
             "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
-            "upload": job.upload, "assets": self._store.views(job.kind, job.id, job.assets, self._public_url),
+            "upload": job.upload, "assets": self._links.views(job.kind, job.id, job.assets, self._public_url),
         }
         # One id per job and outcome: it is the webhook-id receivers de-duplicate on, across retries.
         return {"id": f"evt_{job.id}_{job.status.value}", "object": "event", "type": f"{job.kind}.{job.status.value}",

@@ -11,6 +11,7 @@ import logging
 import time
 
 import numpy as np
+import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -46,7 +47,12 @@ class WanGenerator:
         self._metrics = GeneratorMetrics()
         self._tags = {"model": model}
         self._metrics.load_seconds.set(time.perf_counter() - started, self._tags)
-        log.info("%s loaded on %s in %.1f s", model, self._model.device, time.perf_counter() - started)
+        # The device is what torch sees; Ray's GPU ids are the card(s) it placed this replica on (CUDA_VISIBLE_DEVICES).
+        gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+        cap = f"{gpu_memory_fraction:.2f} of the card" if self._model.device.type == "cuda" and gpu_memory_fraction \
+            else "none"
+        log.info("%s loaded on %s in %.1f s (Ray GPU ids %s, memory cap %s)", model, self._model.device,
+                 time.perf_counter() - started, gpus, cap)
 
     @stage("generate")
     async def generate(self, job_id: str, request: GenerationRequest, segment: int = 0) -> np.ndarray:

@@ -1,5 +1,7 @@
 """JobTracker: the one writer of the job store, reachable from every deployment through a handle.
 
+It runs on the head node, next to the SQLite file it owns, so a multi-node cluster needs no shared disk.
+
 The ingress creates, reads and cancels jobs here; generators report every denoising step here and learn
 from the answer whether to go on, which is how a DELETE on any ingress replica stops a running job.
 """
@@ -16,6 +18,7 @@ from ray import serve
 
 from deployments.jobstore import ACTIVE, Job, JobStatus, Session, SQLiteJobStore, Upload
 from deployments.metrics import JobMetrics
+from deployments.storage import ON_HEAD_NODE
 
 log = logging.getLogger("ray.serve")
 SERVE_NAMESPACE = "serve"  # where Serve names its replica actors
@@ -37,7 +40,8 @@ class QueueFull(Exception):
     """Too many jobs are already waiting for this model."""
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+@serve.deployment(num_replicas=1, max_ongoing_requests=1000,
+                  ray_actor_options={"num_cpus": 0, "resources": ON_HEAD_NODE})
 class JobTracker:
     def __init__(self, db_path: str) -> None:
         self._store = SQLiteJobStore(db_path)

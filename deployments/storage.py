@@ -1,7 +1,8 @@
 """Where outputs live: one small interface, a local directory by default or an S3-compatible bucket.
 
-Keys are relative paths such as `sessions/<sid>/generations/<id>/video.mp4`; the HTTP layer serves a local
-file itself and sends clients to `url(key)` (a public or presigned URL) for object stores.
+Keys are relative paths such as `sessions/<sid>/generations/<id>/video.mp4`. The local directory is the
+Uploader's alone (it streams files out to the HTTP layer); clients of an object store are sent to `url(key)`,
+a public or presigned URL.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import quote
 
 import boto3
@@ -21,6 +22,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 MIB = 1024 * 1024
+# The job database and the storage root are on the head node's disk: their only users, the JobTracker and
+# the Uploader, are placed there by this resource (every Ray head has it), and the rest reach them by handle.
+ON_HEAD_NODE = {"node:__internal_head__": 0.001}
 
 
 def job_prefix(job_id: str, session_id: str | None) -> str:
@@ -42,7 +46,6 @@ class StorageError(Exception):
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
     def get(self, key: str) -> bytes: ...
-    def local_path(self, key: str) -> Path | None: ...
     def url(self, key: str) -> str | None: ...
     def delete(self, key: str) -> None: ...
 
@@ -71,12 +74,11 @@ class LocalStorage:
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
-    def local_path(self, key: str) -> Path | None:
-        path = self._path(key)
-        return path if path.is_file() else None
+    def open(self, key: str) -> BinaryIO:
+        return self._path(key).open("rb")
 
     def url(self, key: str) -> str | None:
-        """None: no client can reach these files directly, so the HTTP layer serves them itself."""
+        """None: no client can reach these files directly; the Uploader that owns them streams them out."""
         return None
 
     def delete(self, key: str) -> None:
@@ -176,10 +178,6 @@ class S3Storage:
             return response["Body"].read()
         except (BotoCoreError, ClientError) as exc:
             raise self._error("downloading", key, exc) from exc
-
-    def local_path(self, key: str) -> Path | None:
-        """Always None: the object is not on this machine's disk."""
-        return None
 
     def url(self, key: str) -> str | None:
         """The public URL when a base is configured, else a presigned GET (signed locally, no request made)."""

@@ -1,12 +1,16 @@
-"""Uploader: the stage that stores a job's deliverables, locally first and then in the object store.
+"""Uploader: the stage that stores a job's deliverables, and the one owner of the storage root.
 
-A failed object-store upload does not fail the job: the local copy stays, the job says the upload failed,
-and `push` retries it later.
+It writes every asset locally first and then copies it to the object store. A failed copy does not fail the
+job: the local copy stays, the job says the upload failed, and `push` retries it later. Every other file
+access (session uploads in, content out) comes here through a handle, so the storage root is one disk on
+the head node (where the replica is placed) and every ingress replica, on any node, reaches the same files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from ray import serve
@@ -14,13 +18,16 @@ from ray import serve
 from deployments.assets import AssetStore, Encoded
 from deployments.metrics import UploadMetrics
 from deployments.plan import stage
-from deployments.storage import S3Config
+from deployments.storage import ON_HEAD_NODE, S3Config, StorageError
+
+log = logging.getLogger("ray.serve")
 
 
-@serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.1})
+@serve.deployment(num_replicas=1, max_ongoing_requests=64,
+                  ray_actor_options={"num_cpus": 0.1, "resources": ON_HEAD_NODE})
 class Uploader:
     def __init__(self, root: str, s3: S3Config | None) -> None:
-        self._store = AssetStore(root, s3, writer=True)
+        self._store = AssetStore(root, s3)
         self._metrics = UploadMetrics()
 
     @stage("upload")
@@ -35,3 +42,21 @@ class Uploader:
         if status is not None and status["status"] == "failed":
             self._metrics.failures.inc()
         return records, status
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Keep a client's upload (a session's source video or image)."""
+        await asyncio.to_thread(self._store.local.put, key, data, content_type)
+
+    async def get(self, key: str) -> bytes:
+        return await asyncio.to_thread(self._store.local.get, key)
+
+    def read(self, key: str, start: int, stop: int) -> Iterator[bytes]:
+        """Bytes [start, stop) of a stored file, streamed in pieces (call with `stream=True`)."""
+        yield from self._store.chunks(key, start, stop)
+
+    async def delete(self, records: list[dict[str, Any]]) -> None:
+        """Delete a job's assets; bucket copies that cannot be deleted now are logged and left."""
+        try:
+            await asyncio.to_thread(self._store.delete, records)
+        except StorageError as exc:
+            log.warning("could not delete every copy of %s: %s", [r["key"] for r in records], exc)

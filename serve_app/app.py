@@ -55,19 +55,13 @@ def generator_options(m: ModelConfig) -> dict[str, Any]:
     return options
 
 
-def memory_fraction(m: ModelConfig) -> float | None:
-    """An explicit cap, else the GPU fraction the replica was placed with, so neighbours cannot starve it."""
-    num_gpus = float(m.ray_actor_options.get("num_gpus", 0))
-    return m.gpu_memory_fraction or (num_gpus if 0 < num_gpus < 1 else None)
-
-
 def build_app(args: dict[str, Any]) -> Application:
     config = load_config(args)
     tracker = JobTracker.bind(config.job_db)
     generators = {
         m.name: WanGenerator.options(**generator_options(m)).bind(
             model=m.name, tracker=tracker, weights=m.weights, dtype=m.dtype, device=m.device,
-            gpu_memory_fraction=memory_fraction(m), cpu_offload=m.cpu_offload,
+            gpu_memory_fraction=m.memory_fraction, cpu_offload=m.cpu_offload,
         )
         for m in config.models
     }
@@ -82,5 +76,5 @@ def build_app(args: dict[str, Any]) -> Application:
         "upload": uploader,
         "notify": Notifier.bind(hooks.signing_secret(), hooks.max_attempts, hooks.backoff_s, hooks.timeout_s),
     }
-    flow = FlowRunner.options(**drain).bind(generators, stages, tracker, storage.root, storage.s3, config.public_url)
+    flow = FlowRunner.options(**drain).bind(generators, stages, tracker, storage.s3, config.public_url)
     return Gateway.options(num_replicas=config.gateway_replicas).bind(config, tracker, flow, uploader)

@@ -64,6 +64,15 @@ class ModelConfig(_Strict):
                                  f"{', '.join(t.value for t in variant.tasks)}")
         return self
 
+    @property
+    def num_gpus(self) -> float:
+        return float(self.ray_actor_options.get("num_gpus", 0))
+
+    @property
+    def memory_fraction(self) -> float | None:
+        """An explicit cap, else the GPU share the replica is placed with, so neighbours cannot starve it."""
+        return self.gpu_memory_fraction or (self.num_gpus if 0 < self.num_gpus < 1 else None)
+
 
 class StorageConfig(_Strict):
     root: str = Field("data/outputs", description="local directory: every asset is written here first")

@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from serve_app.schemas import ErrorDetail, ErrorResponse
 
-_TYPES = {400: "invalid_request_error", 404: "not_found_error", 409: "conflict_error",
-          413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+_TYPES = {400: "invalid_request_error", 404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
+          416: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
 
 
 class APIError(Exception):

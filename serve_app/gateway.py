@@ -11,20 +11,21 @@ import base64
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 
-from deployments.assets import MEDIA_TYPES, AssetStore
+from deployments.assets import MEDIA_TYPES, AssetLinks
 from deployments.jobs import QueueFull
 from deployments.jobstore import Job, JobStatus, Session, Upload
-from deployments.storage import StorageError, upload_key
+from deployments.storage import upload_key
 from pipelines.variants import CATALOG, Task
 from pipelines.video import MediaError, normalize_image, normalize_video, probe_video
 from serve_app.config import AppConfig
@@ -113,6 +114,34 @@ def _error(job: Job) -> VideoError | None:
     return VideoError(code=job.error_code, message=job.error_message or "") if job.error_code else None
 
 
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The span [start, stop) that a `Range: bytes=a-b` header asks for, or None for the whole file.
+
+    Video players seek with it (Safari will not play an MP4 without it). Several ranges in one header are
+    answered with the whole file, as RFC 9110 allows.
+    """
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header.removeprefix("bytes=").strip().partition("-")
+    try:
+        if first:
+            start, stop = int(first), min(int(last) + 1, size) if last else size
+        else:  # a suffix: the last N bytes
+            start, stop = max(size - int(last), 0), size
+    except ValueError:
+        return None
+    if start >= size or stop <= start:
+        raise APIError(416, f"range {header!r} is outside the {size} bytes of this asset", code="invalid_range",
+                       headers={"Content-Range": f"bytes */{size}"})
+    return start, stop
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
 def _replicas(deployment: Any) -> dict[str, int]:
     return {str(k): n for k, n in deployment.replica_states.items()} if deployment else {}
 
@@ -132,7 +161,7 @@ class Gateway:
         self._tracker = tracker
         self._flow = flow
         self._uploader = uploader
-        self._store = AssetStore(config.storage.root, config.storage.s3)
+        self._links = AssetLinks(config.storage.s3)  # URLs only: files are the Uploader's
         self._max_bytes = config.max_upload_mb * 2**20
         self._poll = {"openai-poll-after-ms": str(config.poll_after_ms)}
         self._running: set[asyncio.Task] = set()
@@ -140,7 +169,7 @@ class Gateway:
     # --- wire views ---------------------------------------------------------------------------------
 
     def _assets(self, job: Job, base: str) -> list[dict[str, Any]]:
-        return self._store.views(job.kind, job.id, job.assets, self._config.public_url or base)
+        return self._links.views(job.kind, job.id, job.assets, self._config.public_url or base)
 
     def _video(self, job: Job, base: str) -> Video:
         p = job.params
@@ -196,7 +225,8 @@ class Gateway:
             raise APIError(404, f"no {kind} with id {job_id!r}", param=f"{kind}_id", code="not_found")
         return job
 
-    def _content(self, job: Job, name: str) -> Response:
+    async def _content(self, request: Request, job: Job, name: str) -> Response:
+        """An asset's bytes, streamed from the Uploader that stores them, whole or the requested range."""
         if job.status is not JobStatus.COMPLETED:
             raise APIError(409, f"{job.id} is {job.status.value}; content is ready once it is completed",
                            code="not_ready")
@@ -205,20 +235,28 @@ class Gateway:
         if record is None:
             have = ", ".join(a["name"] for a in job.assets)
             raise APIError(404, f"{job.id} has no {name}; it has {have}", param="variant", code="not_found")
-        media_type = MEDIA_TYPES[record["format"]]
-        if (path := self._store.path(record)) is not None:
-            return FileResponse(path, media_type=media_type, filename=f"{job.id}-{record['name']}.{record['format']}")
-        raise APIError(404, f"{record['name']} of {job.id} is no longer stored", param="variant", code="not_found")
+        size = record["file_size_bytes"]
+        span = byte_range(request.headers.get("range"), size)
+        start, stop = span or (0, size)
+        chunks = self._uploader.options(stream=True).read.remote(record["key"], start, stop)
+        try:
+            first = await anext(chunks, b"")
+        except FileNotFoundError as exc:
+            raise APIError(404, f"{record['name']} of {job.id} is no longer stored", param="variant",
+                           code="not_found") from exc
+        headers = {"Accept-Ranges": "bytes", "Content-Length": str(stop - start),
+                   "Content-Disposition": f'attachment; filename="{job.id}-{record["name"]}.{record["format"]}"'}
+        if span is not None:
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        return StreamingResponse(_prepend(first, chunks), status_code=206 if span else 200,
+                                 media_type=MEDIA_TYPES[record["format"]], headers=headers)
 
     async def _delete(self, job: Job) -> None:
         """Cancel a queued or running job (it ends `cancelled` within one step); delete a finished one."""
         if not job.status.terminal:
             await self._tracker.cancel.remote(job.id)
             return
-        try:
-            await asyncio.to_thread(self._store.delete, job.assets)
-        except StorageError as exc:
-            log.warning("could not delete the bucket copies of %s: %s", job.id, exc)
+        await self._uploader.delete.remote(job.assets)
         await self._tracker.delete.remote(job.id)
 
     async def _media(self, body: BaseModel, raw: dict[str, bytes], session_id: str | None) -> Media:
@@ -246,7 +284,7 @@ class Gateway:
         upload: Upload | None = await self._tracker.upload.remote(session_id, upload_id)
         if upload is None:
             raise APIError(404, f"session {session_id} has no upload {upload_id!r}", param=param, code="not_found")
-        return await asyncio.to_thread(self._store.local.get, upload.key)
+        return await self._uploader.get.remote(upload.key)
 
     async def _check_session(self, session_id: str | None) -> None:
         if session_id is not None and await self._tracker.get_session.remote(session_id) is None:
@@ -297,15 +335,15 @@ class Gateway:
         return VideoDeleted(id=video_id)
 
     @api.get("/v1/videos/{video_id}/content")
-    async def video_content(self, video_id: str, variant: str = "video") -> Response:
+    async def video_content(self, request: Request, video_id: str, variant: str = "video") -> Response:
         """`variant`: video (the main video), thumbnail, or any asset's name (initial, extension_001, ...)."""
-        return self._content(await self._job(video_id), variant)
+        return await self._content(request, await self._job(video_id), variant)
 
     @api.post("/v1/videos/{video_id}/upload", response_model=Video)
     async def retry_upload(self, request: Request, video_id: str) -> Video:
         """Retry copying a completed job's assets to the object store after an upload failed."""
         job = await self._job(video_id)
-        if self._store.remote is None:
+        if self._config.storage.s3 is None:
             raise APIError(409, "no object store is configured", code="no_object_store")
         if job.status is not JobStatus.COMPLETED:
             raise APIError(409, f"{job.id} is {job.status.value}; only a completed job's assets are uploaded",
@@ -336,12 +374,13 @@ class Gateway:
             if body.response_format == "url":
                 data.append(ImageData(url=self._assets(job, str(request.base_url))[0]["url"]))
             else:
-                data.append(ImageData(b64_json=base64.b64encode(self._store.read(job.assets[0])).decode()))
+                image = await self._uploader.get.remote(job.assets[0]["key"])
+                data.append(ImageData(b64_json=base64.b64encode(image).decode()))
         return ImagesResponse(created=int(time.time()), data=data)
 
     @api.get("/v1/images/{image_id}/content")
-    async def image_content(self, image_id: str, variant: str = "image") -> Response:
-        return self._content(await self._job(image_id, "image"), variant)
+    async def image_content(self, request: Request, image_id: str, variant: str = "image") -> Response:
+        return await self._content(request, await self._job(image_id, "image"), variant)
 
     # --- /v1/images/batches -------------------------------------------------------------------------
 
@@ -361,14 +400,14 @@ class Gateway:
         return JSONResponse(self._batch(job, str(request.base_url)).model_dump(), headers=self._poll)
 
     @api.get("/v1/images/batches/{batch_id}/images/{index}")
-    async def batch_image(self, batch_id: str, index: int) -> Response:
+    async def batch_image(self, request: Request, batch_id: str, index: int) -> Response:
         """Image `index` (0-based, in the order of the prompts) as PNG."""
-        return self._content(await self._job(batch_id, "batch"), f"image_{index:03d}")
+        return await self._content(request, await self._job(batch_id, "batch"), f"image_{index:03d}")
 
     @api.get("/v1/images/batches/{batch_id}/content")
-    async def batch_content(self, batch_id: str, variant: str = "images") -> Response:
+    async def batch_content(self, request: Request, batch_id: str, variant: str = "images") -> Response:
         """Every image as one ZIP (`variant=images`), or one image by its asset name."""
-        return self._content(await self._job(batch_id, "batch"), variant)
+        return await self._content(request, await self._job(batch_id, "batch"), variant)
 
     @api.delete("/v1/images/batches/{batch_id}", response_model=VideoDeleted)
     async def delete_batch(self, batch_id: str) -> dict[str, Any]:
@@ -414,11 +453,12 @@ class Gateway:
                 raise APIError(400, "send the file as multipart field `file`", param="file", code="missing_input")
             data, filename = await file.read(), file.filename or "file"
         upload_id = f"upload_{uuid.uuid4().hex}"
-        upload = await asyncio.to_thread(self._normalize_upload, session_id, upload_id, data, filename)
+        upload, stored = await asyncio.to_thread(self._normalize_upload, session_id, upload_id, data, filename)
+        await self._uploader.put.remote(upload.key, stored, upload.content_type)
         await self._tracker.add_upload.remote(upload)
         return _upload_view(upload)
 
-    def _normalize_upload(self, session_id: str, upload_id: str, data: bytes, filename: str) -> Upload:
+    def _normalize_upload(self, session_id: str, upload_id: str, data: bytes, filename: str) -> tuple[Upload, bytes]:
         try:
             image = normalize_image(data)
         except MediaError:
@@ -433,10 +473,10 @@ class Gateway:
                             duration_s=probe.duration_s, has_audio=probe.has_audio)
         except MediaError as exc:
             raise APIError(422, f"file: {exc}", param="file", code="invalid_media") from exc
-        key = upload_key(session_id, upload_id, ext)
-        self._store.local.put(key, stored, MEDIA_TYPES[ext])
-        return Upload(id=upload_id, session_id=session_id, kind=kind, filename=filename, key=key,
-                      content_type=MEDIA_TYPES[ext], size_bytes=len(stored), info=info)
+        upload = Upload(id=upload_id, session_id=session_id, kind=kind, filename=filename,
+                        key=upload_key(session_id, upload_id, ext), content_type=MEDIA_TYPES[ext],
+                        size_bytes=len(stored), info=info)
+        return upload, stored
 
     # --- models, queue and health --------------------------------------------------------------------
 
@@ -468,7 +508,9 @@ class Gateway:
                 id=v.name, created=0, description=v.description, tasks=[t.value for t in v.tasks],
                 default_for=[t.value for t in v.tasks if self._config.default_model(t) == v.name],
                 fps=v.fps, sizes={k: f"{w}x{h}" for k, (w, h) in v.sizes.items()}, max_frames=v.max_frames,
-                replicas={"status": d.status.value if d else "UNKNOWN", "states": _replicas(d)},
+                gpus=m.num_gpus, gpu_memory_fraction=m.memory_fraction,
+                replicas={"status": d.status.value if d else "UNKNOWN", "states": _replicas(d),
+                          "message": d.message if d else ""},
             ))
         return ModelList(data=cards)
 

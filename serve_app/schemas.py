@@ -250,7 +250,10 @@ class ModelCard(BaseModel):
     fps: int
     sizes: dict[str, str]
     max_frames: int
-    replicas: dict[str, Any]
+    gpus: float = Field(description="GPUs per replica; a fraction packs several replicas on one card")
+    gpu_memory_fraction: float | None = Field(description="each replica's cap on its card's memory")
+    replicas: dict[str, Any] = Field(description="the generator deployment's status, replicas by state, and "
+                                                 "Serve's message (why replicas are pending, for one)")
 
 
 class ModelList(BaseModel):

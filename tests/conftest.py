@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,11 @@ METRICS_PORT = free_port()
 TINY_MODELS = ["tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v", "tiny-a14b"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The cluster tests start Ray on a multi-node cluster of their own: run them before the shared app."""
+    items.sort(key=lambda item: item.path.name != "test_cluster.py")
+
+
 def app_args(root: Path, models: list[str], **extra: Any) -> dict[str, Any]:
     return {
         "job_db": str(root / "jobs.db"),
@@ -29,14 +34,19 @@ def app_args(root: Path, models: list[str], **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def serve_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def serve_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared app's job database and storage root."""
+    return tmp_path_factory.mktemp("serve")
+
+
+@pytest.fixture(scope="session")
+def serve_url(serve_root: Path) -> Iterator[str]:
     port = free_port()
     # Metrics on a known port, reported every second, so tests can read them off the Prometheus endpoint.
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, _metrics_export_port=METRICS_PORT,
              _system_config={"metrics_report_interval_ms": 1000})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    root = tmp_path_factory.mktemp("serve")
-    serve.run(build_app(app_args(root, TINY_MODELS)), name=APP, route_prefix="/")
+    serve.run(build_app(app_args(serve_root, TINY_MODELS)), name=APP, route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
@@ -46,6 +56,15 @@ def serve_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def client(serve_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=serve_url, timeout=60) as c:
         yield c
+
+
+def until(check: Callable[[], Any], timeout_s: float, what: str) -> float:
+    """Seconds until `check()` holds (polled; the deadline only bounds a hang)."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout_s, f"{what} did not happen within {timeout_s} s"
+        time.sleep(0.2)
+    return time.monotonic() - started
 
 
 def wait_for(client: httpx.Client, video_id: str, until: set[str], timeout_s: float = 120) -> dict[str, Any]:

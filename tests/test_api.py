@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -61,6 +62,34 @@ def test_text_to_video(client: httpx.Client, body: dict, model: str, frames: int
     thumb = client.get(f"/v1/videos/{video['id']}/content", params={"variant": "thumbnail"})
     assert thumb.headers["content-type"] == "image/webp"
     assert max(Image.open(io.BytesIO(thumb.content)).size) == 256
+
+
+def test_content_serves_byte_ranges_for_players(client: httpx.Client) -> None:
+    video = wait_for(client, create(client, json={"prompt": "seek", "num_frames": 9})["id"], DONE)
+    url = f"/v1/videos/{video['id']}/content"
+    whole = client.get(url)
+    size = len(whole.content)
+    assert whole.headers["accept-ranges"] == "bytes" and int(whole.headers["content-length"]) == size
+    assert video["assets"][0]["file_size_bytes"] == size
+
+    middle = client.get(url, headers={"Range": "bytes=100-1099"})
+    assert middle.status_code == 206 and middle.headers["content-range"] == f"bytes 100-1099/{size}"
+    assert middle.content == whole.content[100:1100]
+    tail = client.get(url, headers={"Range": "bytes=-50"})
+    assert tail.status_code == 206 and tail.content == whole.content[-50:]
+    open_ended = client.get(url, headers={"Range": f"bytes={size - 10}-"})
+    assert open_ended.content == whole.content[-10:]
+
+    outside = client.get(url, headers={"Range": f"bytes={size}-"})
+    assert outside.status_code == 416 and outside.headers["content-range"] == f"bytes */{size}"
+    assert outside.json()["error"]["code"] == "invalid_range"
+
+
+def test_content_gone_from_storage_is_a_404(client: httpx.Client, serve_root: Path) -> None:
+    video = wait_for(client, create(client, json={"prompt": "lost", "num_frames": 5})["id"], DONE)
+    (serve_root / "outputs" / tracker_job(video["id"]).assets[0]["key"]).unlink()
+    r = client.get(f"/v1/videos/{video['id']}/content")
+    assert r.status_code == 404 and r.json()["error"]["param"] == "variant"
 
 
 def test_image_to_video_multipart_routes_to_i2v(client: httpx.Client) -> None:

@@ -3,15 +3,12 @@ job completes, and the replicas scale back down once the burst is served."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import httpx
 from ray import serve
 
 from serve_app.app import build_app
 from serve_app.router import generator_name
-from tests.conftest import app_args, wait_for
+from tests.conftest import app_args, until, wait_for
 
 DONE = {"completed", "failed", "cancelled"}
 APP = "autoscale"
@@ -20,15 +17,6 @@ APP = "autoscale"
 def running_replicas() -> int:
     deployment = serve.status().applications[APP].deployments[generator_name("tiny-t2v")]
     return deployment.replica_states.get("RUNNING", 0)
-
-
-def until(check: Any, timeout_s: float, what: str) -> float:
-    """Seconds until `check()` holds (polled; the deadline only bounds a hang)."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout_s, f"{what} did not happen within {timeout_s} s"
-        time.sleep(0.2)
-    return time.monotonic() - started
 
 
 def test_a_burst_scales_a_generator_up_and_back_down(serve_url: str, tmp_path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app.app import ConfigError, generator_options, load_config, memory_fraction
+from serve_app.app import ConfigError, generator_options, load_config
 from serve_app.config import ModelConfig
 from serve_app.router import generator_name
 
@@ -56,5 +56,5 @@ def test_generator_placement_follows_the_model_config() -> None:
     assert options["max_ongoing_requests"] == 1
     assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4}
     assert options["graceful_shutdown_timeout_s"] >= 600
-    assert memory_fraction(m) == 0.5  # two replicas share a card, each capped at half of it
-    assert memory_fraction(ModelConfig(name="Wan2.1-T2V-14B", ray_actor_options={"num_gpus": 1})) is None
+    assert m.memory_fraction == 0.5  # two replicas share a card, each capped at half of it
+    assert ModelConfig(name="Wan2.1-T2V-14B", ray_actor_options={"num_gpus": 1}).memory_fraction is None

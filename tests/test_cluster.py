@@ -1,0 +1,128 @@
+"""Scale-out on a local two-node Ray cluster that declares GPUs: no GPU is needed, since Ray places replicas
+by logical resources and each generator takes its device from what torch sees (the CPU here).
+
+The head node has CPUs and no GPU; the worker has two GPUs and no CPU, so generators can only run on the
+worker and every CPU stage only on the head. These tests start Ray their own way, so conftest runs them
+before the shared app starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+from ray import serve
+from ray.cluster_utils import Cluster
+from ray.util.state import list_actors
+
+from serve_app.app import build_app
+from serve_app.router import generator_name
+from tests.conftest import until, wait_for
+from tests.media import probe
+from tests.s3server import free_port
+
+DONE = {"completed", "failed", "cancelled"}
+
+
+def gpu_model(name: str, num_gpus: float, replicas: int) -> dict[str, Any]:
+    return {"name": name, "num_replicas": replicas, "ray_actor_options": {"num_gpus": num_gpus, "num_cpus": 0}}
+
+
+def cluster_args(root: Path, models: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"job_db": str(root / "jobs.db"), "storage": {"root": str(root / "outputs")}, "models": models,
+            "gateway_replicas": 2}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A head (6 CPUs, no GPU) and a GPU worker (2 GPUs, no CPU) serving 2 x 0.5-GPU and 1 x 1.0-GPU
+    generators; yields the URL and both node ids."""
+    assert not ray.is_initialized(), "the cluster tests must run before anything else starts Ray"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 6, "num_gpus": 0})
+    worker = cluster.add_node(num_cpus=0, num_gpus=2)
+    ray.init(address=cluster.address, log_to_driver=False)
+    port = free_port()
+    # Serve explains a replica it cannot place after 1 s instead of 30.
+    quick = {"RAY_SERVE_SLOW_STARTUP_WARNING_S": "1", "RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S": "1"}
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port},
+                controller_options={"runtime_env": {"env_vars": quick}})
+    models = [gpu_model("tiny-t2v", 0.5, 2), gpu_model("tiny-i2v", 1.0, 1)]
+    serve.run(build_app(cluster_args(tmp_path_factory.mktemp("cluster"), models)), name="wan", route_prefix="/")
+    try:
+        yield {"url": f"http://127.0.0.1:{port}", "head": cluster.head_node.node_id, "gpu": worker.node_id}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def nodes_of(app: str) -> dict[str, set[str]]:
+    """Each deployment of `app` and the nodes its live replicas run on."""
+    nodes: dict[str, set[str]] = {}
+    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+        _, _, rest = actor.class_name.partition(f"ServeReplica:{app}:")
+        if rest:
+            nodes.setdefault(rest, set()).add(actor.node_id)
+    return nodes
+
+
+def test_fractional_replicas_pack_two_to_a_gpu_and_a_whole_one_takes_a_card(cluster: dict[str, str]) -> None:
+    with httpx.Client(base_url=cluster["url"], timeout=60) as client:
+        cards = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert cards["tiny-t2v"]["replicas"]["states"] == {"RUNNING": 2}
+    assert cards["tiny-i2v"]["replicas"]["states"] == {"RUNNING": 1}
+    assert (cards["tiny-t2v"]["gpus"], cards["tiny-t2v"]["gpu_memory_fraction"]) == (0.5, 0.5)
+    assert (cards["tiny-i2v"]["gpus"], cards["tiny-i2v"]["gpu_memory_fraction"]) == (1.0, None)
+    # 0.5 + 0.5 + 1.0 on two cards, all running: the halves share one card, or the whole one would not fit.
+    assert ray.cluster_resources()["GPU"] == 2
+    assert ray.available_resources().get("GPU", 0) == 0
+    placed = nodes_of("wan")
+    assert placed[generator_name("tiny-t2v")] == placed[generator_name("tiny-i2v")] == {cluster["gpu"]}
+
+
+def test_a_replica_that_does_not_fit_stays_pending_and_says_why(cluster: dict[str, str], tmp_path: Path) -> None:
+    # Serve stops even a never-placed replica gracefully, waiting its whole timeout: keep that short here.
+    pending_model = {**gpu_model("tiny-flf2v", 1.0, 1), "graceful_shutdown_timeout_s": 2}
+    app = serve.RunTarget(target=build_app(cluster_args(tmp_path, [pending_model])), name="more",
+                          route_prefix="/more")
+    serve.run_many([app], wait_for_applications_running=False)
+    try:
+        with httpx.Client(base_url=f"{cluster['url']}/more", timeout=60) as client:
+            until(lambda: client.get("/health").status_code == 200, 120, "the second app's gateway")
+
+            def pending() -> dict[str, Any]:
+                return client.get("/v1/models").json()["data"][0]["replicas"]
+
+            until(lambda: "to be scheduled" in pending()["message"], 60, "Serve's pending-replica message")
+            replicas = pending()
+            assert replicas["states"] == {"STARTING": 1} and replicas["status"] != "HEALTHY"
+            assert '"GPU": 1.0' in replicas["message"], replicas["message"]
+            queue = client.get("/v1/queue").json()["data"][0]
+            assert queue["replicas"] == {"STARTING": 1}
+        # The served app is untouched: its replicas keep both cards.
+        assert serve.status().applications["wan"].status == "RUNNING"
+        assert ray.available_resources().get("GPU", 0) == 0
+    finally:
+        serve.delete("more")
+
+
+def test_a_job_runs_its_generator_on_the_gpu_node_and_its_stages_on_the_head(cluster: dict[str, str]) -> None:
+    with httpx.Client(base_url=cluster["url"], timeout=60) as client:
+        video = client.post("/v1/videos", json={"prompt": "across nodes", "num_frames": 9, "seed": 3}).json()
+        video = wait_for(client, video["id"], DONE)
+        assert video["status"] == "completed", video
+        frames, fps, _ = probe(client.get(f"/v1/videos/{video['id']}/content").content)
+        width, height = map(int, video["size"].split("x"))
+        assert frames.shape == (9, height, width, 3) and fps == 16
+        listed = [v["id"] for v in client.get("/v1/videos").json()["data"]]
+        assert video["id"] in listed
+
+    placed = nodes_of("wan")
+    assert placed[generator_name("tiny-t2v")] == {cluster["gpu"]}
+    # The job store and the storage root are the head's: their owners are pinned there.
+    for deployment in ("JobTracker", "Uploader", "VideoEncoder", "Gateway"):
+        assert placed[deployment] == {cluster["head"]}, (deployment, placed)
