@@ -47,11 +47,10 @@ class WanGenerator:
         self._metrics = GeneratorMetrics()
         self._tags = {"model": model}
         self._metrics.load_seconds.set(time.perf_counter() - started, self._tags)
-        # The device is what torch sees; Ray's GPU ids are the card(s) it placed this replica on (CUDA_VISIBLE_DEVICES).
+        # The device is what torch sees; Ray's GPU ids are the card(s) it placed this replica on.
         gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
-        cap = f"{gpu_memory_fraction:.2f} of the card" if self._model.device.type == "cuda" and gpu_memory_fraction \
-            else "none"
-        log.info("%s loaded on %s in %.1f s (Ray GPU ids %s, memory cap %s)", model, self._model.device,
+        cap = gpu_memory_fraction if self._model.device.type == "cuda" else None
+        log.info("%s loaded on %s in %.1f s (Ray GPU ids %s, memory fraction %s)", model, self._model.device,
                  time.perf_counter() - started, gpus, cap)
 
     @stage("generate")

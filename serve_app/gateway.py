@@ -114,7 +114,7 @@ def _error(job: Job) -> VideoError | None:
     return VideoError(code=job.error_code, message=job.error_message or "") if job.error_code else None
 
 
-def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The span [start, stop) that a `Range: bytes=a-b` header asks for, or None for the whole file.
 
     Video players seek with it (Safari will not play an MP4 without it). Several ranges in one header are
@@ -236,7 +236,7 @@ class Gateway:
             have = ", ".join(a["name"] for a in job.assets)
             raise APIError(404, f"{job.id} has no {name}; it has {have}", param="variant", code="not_found")
         size = record["file_size_bytes"]
-        span = byte_range(request.headers.get("range"), size)
+        span = _byte_range(request.headers.get("range"), size)
         start, stop = span or (0, size)
         chunks = self._uploader.options(stream=True).read.remote(record["key"], start, stop)
         try:
