@@ -1,18 +1,23 @@
-"""FlowRunner: executes a job's Plan stage by stage through DeploymentHandles.
+"""FlowRunner: the one owner of every job, from its creation to its end.
 
-Frames never come here: each stage's DeploymentResponse is handed to the next stage as a top-level
-argument, so Ray moves the uint8 arrays through the object store from one replica to the other. The
-runner waits for a stage to finish without fetching its result, records the next stage on the job, and
-stops there if the job was cancelled. Every job ends completed, failed (with the stage named) or
-cancelled, whatever a stage raises; a job with a webhook then gets its signed event.
+`submit` admits jobs (all or none, with this replica recorded as their owner) and runs each in a task of
+its own; every way out of that task (completed, failed, cancelled, the task itself cancelled) ends the job
+in one place, `_end`. A replica that is shut down waits for its jobs first (`__del__`, within the
+deployment's graceful shutdown); one that dies leaves them to the JobTracker's sweep.
+
+The runner executes a job's Plan stage by stage through DeploymentHandles. Frames never come here: each
+stage's DeploymentResponse is handed to the next stage as a top-level argument, so Ray moves the uint8
+arrays through the object store from one replica to the other. The runner waits for a stage without
+fetching its result, records the next stage on the job, and stops there if the job was cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -21,11 +26,49 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.assets import AssetLinks
 from deployments.jobstore import Job, JobStatus
-from deployments.plan import FlowInputs, Plan, StageFailed
+from deployments.plan import (
+    Encode,
+    Extend,
+    FlowInputs,
+    Generate,
+    Interpolate,
+    Notify,
+    Plan,
+    StageFailed,
+    Submission,
+    Upload,
+)
 from deployments.storage import S3Config
 from pipelines.request import GenerationCancelled, InvalidRequest
+from serve_app.views import job_event
 
 log = logging.getLogger("ray.serve")
+Settle = Callable[[list[DeploymentResponse]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a job ends: what `JobTracker.finish` records."""
+
+    status: JobStatus
+    error: tuple[str, str] | None = None
+    assets: list[dict[str, Any]] | None = None
+    upload: dict[str, Any] | None = None
+
+
+def ending(exc: BaseException, stage: str) -> Ending:
+    """The end of a job that raised `exc` in `stage`."""
+    match exc:
+        case GenerationCancelled():
+            return Ending(JobStatus.CANCELLED, ("cancelled", "cancelled by request"))
+        case asyncio.CancelledError():
+            return Ending(JobStatus.CANCELLED, ("cancelled", f"the flow runner stopped during {stage}"))
+        case InvalidRequest():
+            return Ending(JobStatus.FAILED, ("invalid_request", exc.message))
+        case StageFailed():
+            return Ending(JobStatus.FAILED, (f"{exc.stage}_failed", exc.message))
+        case _:  # a replica died, or the runner itself broke: blame the stage it was in
+            return Ending(JobStatus.FAILED, (f"{stage}_failed", _reason(exc)))
 
 
 @serve.deployment(max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
@@ -43,31 +86,79 @@ class FlowRunner:
         self._tracker = tracker
         self._links = AssetLinks(s3)
         self._public_url = public_url
+        self._owner = serve.get_replica_context().replica_id.to_full_id_str()  # the actor the sweep checks
+        self._tasks: set[asyncio.Task] = set()
         self._waiters = ThreadPoolExecutor(max_workers=64, thread_name_prefix="settle")
-        self._replica = serve.get_replica_context().replica_id.to_full_id_str()
+        self._settle: Settle = self._settle_in_object_store
 
-    async def run(self, job_id: str, plan: Plan, inputs: FlowInputs) -> None:
-        current: list[str] = ["queued"]
-        finish = self._tracker.finish.remote
-        await self._tracker.claim.remote(job_id, self._replica)  # while this replica lives, the job is not lost
+    async def submit(self, work: list[Submission], max_active: int, wait: bool = False) -> list[Job]:
+        """Admit every job of `work` or none (QueueFull), start each, and return them as created.
+
+        With `wait`, return them once ended instead; a caller that goes away meanwhile cancels them, since
+        nobody is left to read their results (the jobs still end, in their own tasks).
+        """
+        jobs = [replace(w.job, owner=self._owner) for w in work]
+        await self._tracker.create.remote(jobs, max_active)
+        tasks = [self._start(job.id, w.plan, w.inputs) for job, w in zip(jobs, work, strict=True)]
+        if not wait:
+            return jobs
+        try:
+            await asyncio.shield(asyncio.wait(tasks))
+        except asyncio.CancelledError:
+            log.info("caller of %s went away: cancelling them", [j.id for j in jobs])
+            await asyncio.gather(*(self._tracker.cancel.remote(j.id) for j in jobs))
+            raise
+        return [await self._tracker.get.remote(j.id) for j in jobs]
+
+    def _start(self, job_id: str, plan: Plan, inputs: FlowInputs) -> asyncio.Task:
+        task = asyncio.create_task(self._own(job_id, plan, inputs), name=job_id)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def __del__(self) -> Coroutine[Any, Any, None] | None:
+        """Serve's graceful shutdown (a redeploy, a scale-down) awaits what this returns: the end of every job
+        this replica owns. Not `async def`, so the garbage collector's call of an idle runner makes no coroutine."""
+        tasks = set(getattr(self, "_tasks", ()))
+        return self._drain(tasks) if tasks else None
+
+    async def _drain(self, tasks: set[asyncio.Task]) -> None:
+        log.info("flow runner shutting down: waiting for %d jobs to end", len(tasks))
+        await asyncio.wait(tasks)
+
+    async def _own(self, job_id: str, plan: Plan, inputs: FlowInputs) -> None:
+        """Run the job and end it, whatever happens: the one place a job's end is decided."""
+        current = ["queued"]
+        end = Ending(JobStatus.FAILED, ("flow_failed", "the job ended without an outcome"))
         try:
             assets, upload = await self._execute(job_id, plan, inputs, current)
-        except GenerationCancelled:
-            job = await finish(job_id, JobStatus.CANCELLED, error=("cancelled", "cancelled by request"))
-        except InvalidRequest as exc:
-            job = await finish(job_id, JobStatus.FAILED, error=("invalid_request", exc.message))
-        except StageFailed as exc:
-            log.warning("job %s failed in %s: %s", job_id, exc.stage, exc.message, extra={"job_id": job_id})
-            job = await finish(job_id, JobStatus.FAILED, error=(f"{exc.stage}_failed", exc.message))
-        except Exception as exc:  # a replica died, or the runner itself broke: blame the stage it was in
-            log.exception("job %s failed in %s", job_id, current[0], extra={"job_id": job_id})
-            job = await finish(job_id, JobStatus.FAILED, error=(f"{current[0]}_failed", _reason(exc)))
-        else:
-            job = await finish(job_id, JobStatus.COMPLETED, assets=assets, upload=upload)
-        notify = next((s for s in plan.stages if s.kind == "notify"), None)
-        if notify is not None and job is not None:
-            delivery = await self._stages["notify"].notify.remote(notify.params["url"], self._event(job))
-            await self._tracker.annotate.remote(job_id, webhook=delivery)
+            end = Ending(JobStatus.COMPLETED, assets=assets, upload=upload)
+        except (Exception, asyncio.CancelledError) as exc:
+            end = ending(exc, current[0])
+            if end.status is JobStatus.FAILED:
+                log.warning("job %s failed in %s: %s", job_id, current[0], end.error, extra={"job_id": job_id})
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            await asyncio.shield(self._end(job_id, plan, end))
+
+    async def _end(self, job_id: str, plan: Plan, end: Ending) -> None:
+        """Record the end, deliver the webhook, and remove a job whose deletion was asked for while it ran."""
+        try:
+            job: Job | None = await self._tracker.finish.remote(job_id, end.status, assets=end.assets,
+                                                                error=end.error, upload=end.upload)
+            if job is None:
+                return
+            notify = next((s for s in plan.stages if isinstance(s, Notify)), None)
+            if notify is not None:
+                event = job_event(job, self._links, self._public_url)
+                delivery = await self._stages["notify"].notify.remote(notify.params.url, event)
+                await self._tracker.annotate.remote(job_id, webhook=delivery)
+            if job.delete_requested:
+                await self._stages["upload"].delete.remote(job.assets)
+                await self._tracker.delete.remote(job_id)
+        except Exception:
+            log.exception("ending job %s", job_id, extra={"job_id": job_id})
 
     async def _execute(
         self, job_id: str, plan: Plan, inputs: FlowInputs, current: list[str]
@@ -75,53 +166,39 @@ class FlowRunner:
         clips: list[DeploymentResponse] = []
         encoded: list[DeploymentResponse] = []
         for stage in plan.stages:
-            if stage.kind == "notify":
-                continue
+            if isinstance(stage, Notify):
+                continue  # after the end
             current[0] = stage.kind
             if not await self._tracker.stage.remote(job_id, stage.kind):
                 raise GenerationCancelled(f"cancelled before {stage.kind}")
-            p = stage.params
-            match stage.kind:
-                case "generate":
-                    generator = self._generators[p["model"]]
+            match stage:
+                case Generate(params=p):
+                    generator = self._generators[p.model]
                     clips = [generator.generate.remote(job_id, r, segment=i) for i, r in enumerate(inputs.requests)]
                     await self._settle(clips)
-                case "extend":
+                case Extend(params=p):
                     clips = [self._stages["extend"].extend.remote(
-                        job_id, clips[0], inputs.extension, model=p["model"], method=p["method"], window=p["window"],
-                        overlap=p["overlap"], extensions=p["extensions"], source=inputs.source,
+                        job_id, clips[0], inputs.extension, model=p.model, method=p.method, window=p.window,
+                        overlap=p.overlap, extensions=p.extensions, source=inputs.source,
                         source_mask=inputs.source_mask)]
                     await self._settle(clips)
-                case "interpolate":
+                case Interpolate(params=p):
                     clips = [self._stages["interpolate"].interpolate.remote(
-                        clips[0], p["src_fps"], p["dst_fps"], p["num_frames"])]
+                        clips[0], p.src_fps, p.dst_fps, p.num_frames)]
                     await self._settle(clips)
-                case "encode":
-                    encoded.append(self._stages["encode"].encode.remote(
-                        *clips, outputs=p["outputs"], audio=inputs.audio if p.get("audio") else None))
+                case Encode(params=p):
+                    audio = inputs.audio if any(o.audio for o in p.outputs) else None
+                    encoded.append(self._stages["encode"].encode.remote(*clips, outputs=p.outputs, audio=audio))
                     await self._settle(encoded[-1:])
-                case "upload":
-                    return await self._stages["upload"].upload.remote(p["prefix"], *encoded)
+                case Upload(params=p):
+                    return await self._stages["upload"].upload.remote(p.prefix, *encoded)
         raise ValueError(f"plan for {job_id} has no upload stage")
 
-    async def _settle(self, responses: list[DeploymentResponse]) -> None:
+    async def _settle_in_object_store(self, responses: list[DeploymentResponse]) -> None:
         """Wait until the stage's results exist, without fetching them here (errors surface downstream)."""
         refs = [await r._to_object_ref() for r in responses]
         await asyncio.get_running_loop().run_in_executor(
             self._waiters, lambda: ray.wait(refs, num_returns=len(refs), fetch_local=False))
-
-    def _event(self, job: Job) -> dict[str, Any]:
-        """The webhook event: the job and its assets, shaped like OpenAI's webhook events."""
-        data = {
-            "id": job.id, "object": job.kind, "status": job.status.value, "model": job.model, "task": job.task,
-            "prompt": job.prompt, "session_id": job.session_id, "created_at": int(job.created_at),
-            "completed_at": int(job.completed_at) if job.completed_at else None, **job.params,
-            "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
-            "upload": job.upload, "assets": self._links.views(job.kind, job.id, job.assets, self._public_url),
-        }
-        # One id per job and outcome: it is the webhook-id receivers de-duplicate on, across retries.
-        return {"id": f"evt_{job.id}_{job.status.value}", "object": "event", "type": f"{job.kind}.{job.status.value}",
-                "created_at": int(time.time()), "data": data}
 
 
 def _reason(exc: BaseException) -> str:

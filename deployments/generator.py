@@ -46,7 +46,7 @@ class WanGenerator:
         self._tracker = tracker
         self._metrics = GeneratorMetrics()
         self._tags = {"model": model}
-        self._metrics.load_seconds.set(time.perf_counter() - started, self._tags)
+        self._metrics.load_seconds.observe(time.perf_counter() - started, self._tags)
         # The device is what torch sees; Ray's GPU ids are the card(s) it placed this replica on.
         gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
         cap = gpu_memory_fraction if self._model.device.type == "cuda" else None

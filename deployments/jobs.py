@@ -2,8 +2,10 @@
 
 It runs on the head node, next to the SQLite file it owns, so a multi-node cluster needs no shared disk.
 
-The ingress creates, reads and cancels jobs here; generators report every denoising step here and learn
-from the answer whether to go on, which is how a DELETE on any ingress replica stops a running job.
+It keeps records; it does not run jobs. A flow runner replica creates a job here with itself as the owner and
+ends it here; generators report every denoising step and learn from the answer whether to go on, which is
+how a cancel on any ingress replica stops a running job. The tracker ends a job itself only when its owner
+is gone (a crash, a restart): the sweep.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ SERVE_NAMESPACE = "serve"  # where Serve names its replica actors
 
 
 SWEEP_INTERVAL_S = 30.0
-CLAIM_GRACE_S = 60.0
+GAUGE_INTERVAL_S = 5.0  # gauges are levels: set again and again, or Ray stops exporting them
 
 
 def _alive(actor_name: str) -> bool:
@@ -39,6 +41,10 @@ def _alive(actor_name: str) -> bool:
 class QueueFull(Exception):
     """Too many jobs are already waiting for this model."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message  # read through Ray's wrapper, whose str() is a traceback
+
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000,
                   ray_actor_options={"num_cpus": 0, "resources": ON_HEAD_NODE})
@@ -50,26 +56,31 @@ class JobTracker:
         self._metrics = JobMetrics()
         self._models: set[str] = set()  # every model a gauge was set for, so it can go back to 0
         # Jobs whose flow runner is gone (a restart, a crash) are ended, never left hanging; jobs whose
-        # runner lives on (this tracker alone was replaced, as in a redeploy) are left to finish.
+        # runner lives on (this tracker alone was replaced, as in a redeploy) are left to it.
         self._sweep()
         self._stop = threading.Event()
-        threading.Thread(target=self._sweep_every, args=(SWEEP_INTERVAL_S,), daemon=True).start()
+        threading.Thread(target=self._keep_up, daemon=True).start()
 
     def _sweep(self) -> None:
-        now = time.time()
         for job in self._store.active():
-            if job.owner is None and now - job.created_at < CLAIM_GRACE_S:
-                continue  # just accepted: its runner has not claimed it yet
             if job.owner is not None and _alive(job.owner):
                 continue
             log.warning("job %s lost its flow runner %s: failing it", job.id, job.owner, extra={"job_id": job.id})
-            self.finish(job.id, JobStatus.FAILED, error=(
+            ended = self.finish(job.id, JobStatus.FAILED, error=(
                 "interrupted", "the service restarted while this job was queued or running; submit it again"))
+            if ended is not None and ended.delete_requested:
+                self._store.delete(job.id)  # it never completed, so it has no files to delete
         self._refresh()
 
-    def _sweep_every(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            self._sweep()
+    def _keep_up(self) -> None:
+        """Refresh the gauges every few seconds, and sweep every SWEEP_INTERVAL_S."""
+        last_sweep = time.monotonic()
+        while not self._stop.wait(GAUGE_INTERVAL_S):
+            if time.monotonic() - last_sweep >= SWEEP_INTERVAL_S:
+                last_sweep = time.monotonic()
+                self._sweep()
+            else:
+                self._refresh()
 
     def _refresh(self) -> None:
         """Set the queued / in_progress gauges of every model from the store, the one source of truth."""
@@ -79,16 +90,15 @@ class JobTracker:
             for status in ACTIVE:
                 self._metrics.active.set(counts.get((model, status), 0), {"model": model, "status": status})
 
-    def create(self, job: Job, max_active: int) -> None:
-        if self._store.count_active(job.model) >= max_active:
-            raise QueueFull(f"{job.model} already has {max_active} jobs queued or running")
-        self._store.create(job)
-        self._metrics.created.inc(1, {"model": job.model, "kind": job.kind})
+    def create(self, jobs: list[Job], max_active: int) -> None:
+        """Admit all of `jobs` (one model's, each with its owner set) or none: QueueFull when they would make
+        more than `max_active` queued or running."""
+        if not self._store.create(jobs, max_active):
+            more = f"{len(jobs)} more jobs" if len(jobs) > 1 else "another job"
+            raise QueueFull(f"{jobs[0].model} has no room for {more}: at most {max_active} queued or running")
+        for job in jobs:
+            self._metrics.created.inc(1, {"model": job.model, "kind": job.kind})
         self._refresh()
-
-    def claim(self, job_id: str, owner: str) -> None:
-        """`owner` (a flow runner replica's actor name) runs this job now."""
-        self._store.update(job_id, owner=owner)
 
     def get(self, job_id: str) -> Job | None:
         return self._store.get(job_id)
@@ -97,11 +107,14 @@ class JobTracker:
         return self._store.list(kind=kind, after=after, limit=limit, order=order)
 
     def step(self, job_id: str, done: int, total: int, segment: int = 0) -> bool:
-        """Record that `done` of `total` steps of generation `segment` are finished; False means: stop now."""
+        """Record that `done` of `total` steps of generation `segment` are finished; False means: stop now.
+
+        Steps that run after a cancel was asked for are recorded too, so `step` shows how far a job really got.
+        """
         with self._lock:
             job = self._store.get(job_id)
-            if job is None or job.cancel_requested or job.status.terminal:
-                return False
+            if job is None or job.status.terminal or (job.cancel_requested and done == 0):
+                return False  # ended, or cancelled before it started: it never starts
             steps = {**job.segment_steps, str(segment): done}
             step = sum(steps.values())
             fields: dict = dict(segment_steps=steps, step=step,
@@ -112,7 +125,7 @@ class JobTracker:
             self._store.update(job_id, **fields)
         if started:
             self._refresh()
-        return True
+        return not job.cancel_requested
 
     def stage(self, job_id: str, kind: str) -> bool:
         """Record that stage `kind` starts; False means the job was cancelled or ended: stop here."""
@@ -142,13 +155,17 @@ class JobTracker:
         """Record what happens after a job ends: an upload retried, a webhook delivered."""
         return self._store.update(job_id, even_if_ended=True, **fields)
 
-    def cancel(self, job_id: str) -> Job | None:
-        """Ask a queued or running job to stop; the generator sees it at its next step."""
+    def cancel(self, job_id: str, delete: bool = False) -> Job | None:
+        """Ask a queued or running job to stop (the generator sees it at its next step); with `delete`, its owner
+        removes it once it has stopped, and clients no longer see it."""
         with self._lock:
             job = self._store.get(job_id)
             if job is None or job.status.terminal:
                 return job
-            return self._store.update(job_id, cancel_requested=True, cancel_step=job.step)
+            fields: dict[str, Any] = dict(delete_requested=job.delete_requested or delete)
+            if not job.cancel_requested:
+                fields.update(cancel_requested=True, cancel_step=job.step)
+            return self._store.update(job_id, **fields)
 
     def delete(self, job_id: str) -> None:
         self._store.delete(job_id)

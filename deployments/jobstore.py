@@ -29,6 +29,7 @@ class JobStatus(StrEnum):
 
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.IN_PROGRESS)
+_LISTED = "IFNULL(json_extract(data, '$.delete_requested'), 0) = 0"  # a job being deleted is gone for clients
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Job:
     status: JobStatus = JobStatus.QUEUED
     session_id: str | None = None
     webhook_url: str | None = None
-    owner: str | None = None  # the Ray actor running the job's flow; gone means the job is lost
+    owner: str | None = None  # the flow runner replica (a Ray actor) that created and runs the job
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     completed_at: float | None = None
@@ -56,6 +57,7 @@ class Job:
     progress: int = 0
     cancel_requested: bool = False
     cancel_step: int | None = None  # the step the job had reached when cancellation was asked for
+    delete_requested: bool = False  # DELETE while it ran: gone for clients now, removed once it has stopped
     error_code: str | None = None
     error_message: str | None = None
     assets: list[dict[str, Any]] = field(default_factory=list)  # deployments/assets.py:Asset records
@@ -88,10 +90,9 @@ class Upload:
 
 
 class JobStore(Protocol):
-    def create(self, job: Job) -> None: ...
+    def create(self, jobs: list[Job], max_active: int) -> bool: ...
     def get(self, job_id: str) -> Job | None: ...
     def list(self, *, kind: str, after: str | None, limit: int, order: str) -> tuple[list[Job], bool]: ...
-    def count_active(self, model: str) -> int: ...
     def active_counts(self) -> dict[tuple[str, str], int]: ...
     def queue_position(self, job_id: str) -> int | None: ...
     def update(self, job_id: str, *, even_if_ended: bool = False, **fields: Any) -> Job | None: ...
@@ -143,12 +144,21 @@ class SQLiteJobStore:
         row = self._db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return self._decode(row[0]) if row else None
 
-    def create(self, job: Job) -> None:
+    def create(self, jobs: list[Job], max_active: int) -> bool:
+        """Store all of `jobs` (one model's) or, when that would exceed `max_active` queued or running, none."""
         with self._lock:
-            self._db.execute(
-                "INSERT INTO jobs (id, kind, model, status, data) VALUES (?, ?, ?, ?, ?)",
-                (job.id, job.kind, job.model, job.status, json.dumps(asdict(job))),
-            )
+            (active,) = self._db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE model = ? AND status IN (?, ?)", (jobs[0].model, *ACTIVE)
+            ).fetchone()
+            if active + len(jobs) > max_active:
+                return False
+            with self._db:  # one transaction: every job or none
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT INTO jobs (id, kind, model, status, data) VALUES (?, ?, ?, ?, ?)",
+                    [(j.id, j.kind, j.model, j.status, json.dumps(asdict(j))) for j in jobs],
+                )
+            return True
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -157,7 +167,7 @@ class SQLiteJobStore:
     def list(self, *, kind: str, after: str | None, limit: int, order: str) -> tuple[list[Job], bool]:
         """A page of jobs in creation order; `after` is the id of the last job of the previous page."""
         op, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
-        sql = "SELECT data FROM jobs WHERE kind = ?"
+        sql = f"SELECT data FROM jobs WHERE kind = ? AND {_LISTED}"
         args: list[Any] = [kind]
         if after is not None:
             sql += f" AND seq {op} (SELECT seq FROM jobs WHERE id = ?)"
@@ -167,13 +177,6 @@ class SQLiteJobStore:
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
         return [self._decode(r[0]) for r in rows[:limit]], len(rows) > limit
-
-    def count_active(self, model: str) -> int:
-        with self._lock:
-            (n,) = self._db.execute(
-                "SELECT COUNT(*) FROM jobs WHERE model = ? AND status IN (?, ?)", (model, *ACTIVE)
-            ).fetchone()
-        return n
 
     def active_counts(self) -> dict[tuple[str, str], int]:
         """Jobs queued or running, by (model, status)."""
@@ -212,7 +215,8 @@ class SQLiteJobStore:
     def jobs_in_session(self, session_id: str) -> list[Job]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT data FROM jobs WHERE json_extract(data, '$.session_id') = ? ORDER BY seq", (session_id,)
+                f"SELECT data FROM jobs WHERE json_extract(data, '$.session_id') = ? AND {_LISTED} ORDER BY seq",
+                (session_id,),
             ).fetchall()
         return [self._decode(r[0]) for r in rows]
 

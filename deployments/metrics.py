@@ -11,6 +11,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 # Wan generations take seconds (tiny twins, small clips) to tens of minutes (14B at 720p).
 GENERATION_BUCKETS = [0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 2400]
 STEP_BUCKETS = [0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+LOAD_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1200, 2400]  # tiny twins: seconds; a cold 14B: many minutes
 
 
 class GeneratorMetrics:
@@ -21,8 +22,10 @@ class GeneratorMetrics:
         self.step_seconds = Histogram(
             "wan_denoising_step_seconds", "wall time of one denoising step", boundaries=STEP_BUCKETS,
             tag_keys=("model",))
-        self.load_seconds = Gauge("wan_model_load_seconds", "time this replica took to load its model",
-                                  tag_keys=("model",))
+        # A histogram, not a gauge: one observation per replica start, cumulative, so a scrape that comes late
+        # still sees it (Ray exports a gauge only while it is being set).
+        self.load_seconds = Histogram("wan_model_load_seconds", "time a replica took to load its model",
+                                      boundaries=LOAD_BUCKETS, tag_keys=("model",))
 
 
 class JobMetrics:

@@ -1,6 +1,8 @@
-"""A Plan: the router's output, an explicit ordered list of stages stored on the job, and what it runs on.
+"""A Plan: the router's output, an explicit ordered list of typed stages stored on the job, and what it runs on.
 
-It is returnable without running (a dry run), and the flow runner executes it stage by stage.
+It is returnable without running (a dry run), and the flow runner executes it stage by stage. Each stage's
+parameters are one pydantic model, shared by the router that writes them, the runner that reads them and
+the stage that uses them, so no key is spelled by hand in two places.
 """
 
 from __future__ import annotations
@@ -8,23 +10,104 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Annotated, Literal, ParamSpec, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from deployments.jobstore import Job
+from pipelines.extend import Method
 from pipelines.request import GenerationCancelled, GenerationRequest, InvalidRequest
 
-StageKind = Literal["generate", "extend", "interpolate", "encode", "upload", "notify"]
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Stage(BaseModel):
-    kind: StageKind
-    deployment: str
-    params: dict[str, Any] = Field(default_factory=dict)
+class GenerateParams(_Params):
+    model: str
+    task: str
+    size: str
+    num_frames: int = 1
+    images: int = Field(1, description="generations in this stage: a batch makes one image per prompt")
+    num_inference_steps: int
+    seed: int
 
 
-class Plan(BaseModel):
+class ExtendParams(_Params):
+    model: str = Field(description="the model that generates the extension windows")
+    method: Method
+    window: int
+    overlap: int
+    extensions: int
+
+
+class InterpolateParams(_Params):
+    src_fps: int
+    dst_fps: int
+    num_frames: int = Field(description="the frames of the input that the output covers")
+
+
+class Output(_Params):
+    """One deliverable of an encode stage: frames [start, stop) of clip `clip`, or a ZIP of outputs above."""
+
+    name: str
+    format: Literal["mp4", "png", "zip"]
+    clip: int = 0
+    start: int = 0
+    stop: int | None = None
+    fps: int | None = None
+    thumbnail: str | None = Field(None, description="the name of this output's WEBP thumbnail asset")
+    audio: bool = Field(False, description="carry the source clip's audio")
+    members: list[str] = Field(default_factory=list, description="a ZIP's outputs, by name")
+
+
+class EncodeParams(_Params):
+    outputs: list[Output]
+
+
+class UploadParams(_Params):
+    prefix: str
+
+
+class NotifyParams(_Params):
+    url: str
+
+
+class Generate(_Params):
+    kind: Literal["generate"] = "generate"
+    params: GenerateParams
+
+
+class Extend(_Params):
+    kind: Literal["extend"] = "extend"
+    params: ExtendParams
+
+
+class Interpolate(_Params):
+    kind: Literal["interpolate"] = "interpolate"
+    params: InterpolateParams
+
+
+class Encode(_Params):
+    kind: Literal["encode"] = "encode"
+    params: EncodeParams
+
+
+class Upload(_Params):
+    kind: Literal["upload"] = "upload"
+    params: UploadParams
+
+
+class Notify(_Params):
+    kind: Literal["notify"] = "notify"
+    params: NotifyParams
+
+
+Stage = Annotated[Generate | Extend | Interpolate | Encode | Upload | Notify, Field(discriminator="kind")]
+
+
+class Plan(_Params):
     task: str
     model: str
     total_steps: int = Field(description="denoising steps across every generation: what progress counts")
@@ -40,6 +123,15 @@ class FlowInputs:
     source: np.ndarray | None = None  # the whole fitted source clip, when it outlasts the first window
     source_mask: np.ndarray | None = None
     audio: bytes | None = None  # the uploaded clip whose audio goes into the combined video
+
+
+@dataclass
+class Submission:
+    """One job handed to the flow runner: its record (not yet stored), its plan and its inputs."""
+
+    job: Job
+    plan: Plan
+    inputs: FlowInputs
 
 
 class StageFailed(Exception):

@@ -18,12 +18,16 @@ MAX_REFERENCE_IMAGES = 3
 
 
 class InvalidRequest(ValueError):
-    """A request a variant cannot serve; `param` names the offending field."""
+    """A request that cannot be served: `param` names the offending field, `code` says what is wrong with it.
 
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(param, message)  # both in args, so it survives pickling between Ray processes
+    The domain's one validation error: the router and the generator raise it, the HTTP layer maps it to a 400.
+    """
+
+    def __init__(self, param: str | None, message: str, code: str = "invalid_value") -> None:
+        super().__init__(param, message, code)  # all in args, so it survives pickling between Ray processes
         self.param = param
         self.message = message
+        self.code = code
 
     def __str__(self) -> str:
         return self.message

@@ -24,9 +24,8 @@ from deployments.interpolator import Interpolator
 from deployments.jobs import JobTracker
 from deployments.notifier import Notifier
 from deployments.uploader import Uploader
-from serve_app.config import AppConfig, ModelConfig
+from serve_app.config import AppConfig, ModelConfig, generator_name
 from serve_app.gateway import Gateway
-from serve_app.router import generator_name
 
 
 class ConfigError(ValueError):

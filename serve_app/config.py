@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -135,3 +136,8 @@ class AppConfig(_Strict):
             if task in m.default_for:
                 return m.name
         return next((m.name for m in self.models if task in CATALOG[m.name].tasks), None)
+
+
+def generator_name(model: str) -> str:
+    """The generator deployment's name for a variant: Ray names allow no dots."""
+    return "Generator-" + re.sub(r"[^A-Za-z0-9_-]", "_", model)

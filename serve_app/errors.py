@@ -1,30 +1,40 @@
-"""Errors in OpenAI's shape, built in one place: {"error": {"message", "type", "param", "code"}}."""
+"""Errors in OpenAI's shape, built in one place: {"error": {"message", "type", "param", "code"}}.
+
+The domain raises its own errors (`InvalidRequest` from the router and the generator, `QueueFull` from the job
+tracker); `install` maps each to its HTTP status here, so no module below the handlers knows HTTP.
+"""
 
 from __future__ import annotations
 
-from fastapi import Request
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from deployments.jobs import QueueFull
+from pipelines.request import InvalidRequest
 from serve_app.schemas import ErrorDetail, ErrorResponse
 
+RETRY_AFTER_S = 30  # what a 429 asks a client to wait: about one short generation
 _TYPES = {400: "invalid_request_error", 404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
           416: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
 
 
 class APIError(Exception):
+    """An error the HTTP layer itself finds (an unknown id, a body too large, content not ready)."""
+
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    body = ErrorResponse(error=ErrorDetail(message=message, type=_TYPES.get(status, "server_error"),
-                                           param=param, code=code))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+def error_response(error: APIError) -> JSONResponse:
+    body = ErrorResponse(error=ErrorDetail(message=error.message, type=_TYPES.get(error.status, "server_error"),
+                                           param=error.param, code=error.code))
+    return JSONResponse(body.model_dump(), status_code=error.status, headers=error.headers)
 
 
 def from_validation_error(exc: ValidationError | RequestValidationError) -> APIError:
@@ -36,11 +46,27 @@ def from_validation_error(exc: ValidationError | RequestValidationError) -> APIE
     return APIError(400, message, param=param, code="invalid_value" if param else "invalid_request")
 
 
-async def handle_api_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, APIError)
-    return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
+def as_api_error(exc: Exception) -> APIError:
+    """Every error a handler can meet, as the one HTTP error it means."""
+    match exc:
+        case APIError():
+            return exc
+        case InvalidRequest():
+            return APIError(400, exc.message, param=exc.param, code=exc.code)
+        case QueueFull():
+            return APIError(429, exc.message, code="queue_full",
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+        case ValidationError() | RequestValidationError():
+            return from_validation_error(exc)
+    raise TypeError(f"no HTTP mapping for {type(exc).__name__}") from exc
 
 
-async def handle_validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    return await handle_api_error(_, from_validation_error(exc))
+def install(app: FastAPI) -> None:
+    """Answer every domain error in OpenAI's shape."""
+    handler: Callable[[Request, Exception], Awaitable[JSONResponse]] = _handle
+    for error_type in (APIError, InvalidRequest, QueueFull, RequestValidationError):
+        app.add_exception_handler(error_type, handler)
+
+
+async def _handle(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(as_api_error(exc))

@@ -1,38 +1,36 @@
-"""The Gateway: a FastAPI ingress, one handler per endpoint, that validates, classifies, persists and
-hands jobs to the FlowRunner. It never touches torch; models and frames stay in their deployments.
+"""The Gateway: a FastAPI ingress, one thin handler per endpoint. It validates, routes, and forwards: a job is
+created, run and ended by the FlowRunner, and read back from the JobTracker. It keeps no job state of its own
+and never touches torch; models and frames stay in their deployments.
 
-`serve.ingress` pickles the routes when the class is defined, so every module-level helper a handler
-uses must be defined above the class.
+`serve.ingress` pickles the routes when the class is defined, so every helper a handler uses is imported or
+defined above the class; and its annotations stay real objects (no `from __future__ import annotations`),
+since FastAPI reads them to tell the request from the body.
 """
-
 
 import asyncio
 import base64
-import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.datastructures import UploadFile
 
-from deployments.assets import MEDIA_TYPES, AssetLinks
-from deployments.jobs import QueueFull
-from deployments.jobstore import Job, JobStatus, Session, Upload
-from deployments.storage import upload_key
+from deployments.assets import AssetLinks
+from deployments.jobstore import Job, JobStatus, Session
+from deployments.plan import Submission
 from pipelines.variants import CATALOG, Task
-from pipelines.video import MediaError, normalize_image, normalize_video, probe_video
-from serve_app.config import AppConfig
-from serve_app.errors import APIError, from_validation_error, handle_api_error, handle_validation_error
-from serve_app.media import data_url_bytes, decode_media
-from serve_app.router import Fields, Media, Routed, generator_name, route, route_batch
+from serve_app import errors
+from serve_app.body import read_body, read_upload, validated
+from serve_app.config import AppConfig, generator_name
+from serve_app.content import asset_response
+from serve_app.errors import APIError
+from serve_app.media import MEDIA_FIELDS, MediaResolver, normalize_upload
+from serve_app.router import Fields, Media, Routed, route, route_batch
 from serve_app.schemas import (
+    BatchDeleted,
     ImageBatch,
     ImageBatchRequest,
     ImageData,
@@ -47,109 +45,33 @@ from serve_app.schemas import (
     Video,
     VideoCreateRequest,
     VideoDeleted,
-    VideoError,
     VideoList,
     VideoPlan,
 )
 from serve_app.schemas import Session as SessionView
+from serve_app.views import job_view, upload_view
 
-log = logging.getLogger("ray.serve")
-
-MEDIA_FIELDS = ("input_reference", "last_image", "video", "mask", "reference_image")
-RETRY_AFTER_S = 30
 ID_PREFIXES = {"video": "video", "image": "img", "batch": "batch"}
-M = TypeVar("M", bound=BaseModel)
 
 api = FastAPI(title="wan-serve", summary="Every Wan task behind an OpenAI-compatible video API")
-api.add_exception_handler(APIError, handle_api_error)
-api.add_exception_handler(RequestValidationError, handle_validation_error)
-
-
-async def read_body(request: Request, max_bytes: int) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """JSON or multipart into (fields, file bytes). Multipart values are strings; files are bytes."""
-    if int(request.headers.get("content-length") or 0) > max_bytes:
-        raise APIError(413, f"request body is larger than {max_bytes // 2**20} MiB", code="payload_too_large")
-    content_type = request.headers.get("content-type", "")
-    raw: dict[str, bytes] = {}
-    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        fields: dict[str, Any] = {}
-        async with request.form(max_part_size=max_bytes) as form:
-            for key, value in form.multi_items():
-                if key == "input_reference[image_url]":  # the openai SDK's ImageInputReferenceParam
-                    key = "input_reference"
-                elif key == "input_reference[file_id]":
-                    raise APIError(400, "file ids are not supported; upload the image or send a data URL",
-                                   param="input_reference", code="unsupported_value")
-                if isinstance(value, UploadFile):
-                    raw[key] = await value.read()
-                else:
-                    fields[key] = value
-    elif content_type.startswith("application/json"):
-        try:
-            fields = await request.json()
-        except ValueError as exc:
-            raise APIError(400, "the body is not valid JSON", code="invalid_json") from exc
-        if not isinstance(fields, dict):
-            raise APIError(400, "the body must be a JSON object", code="invalid_json")
-    else:
-        raise APIError(400, "send application/json, multipart/form-data or a url-encoded form",
-                       code="unsupported_content_type")
-    if sum(len(b) for b in raw.values()) > max_bytes:
-        raise APIError(413, f"uploads are larger than {max_bytes // 2**20} MiB", code="payload_too_large")
-    return fields, raw
-
-
-def validated(model: type[M], fields: dict[str, Any]) -> M:
-    try:
-        return model.model_validate(fields)
-    except ValidationError as exc:
-        raise from_validation_error(exc) from exc
+errors.install(api)
 
 
 def _url(url: object | None) -> str | None:
     return None if url is None else str(url)
 
 
-def _error(job: Job) -> VideoError | None:
-    return VideoError(code=job.error_code, message=job.error_message or "") if job.error_code else None
-
-
-def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The span [start, stop) that a `Range: bytes=a-b` header asks for, or None for the whole file.
-
-    Video players seek with it (Safari will not play an MP4 without it). Several ranges in one header are
-    answered with the whole file, as RFC 9110 allows.
-    """
-    if not header or not header.startswith("bytes=") or "," in header:
-        return None
-    first, _, last = header.removeprefix("bytes=").strip().partition("-")
-    try:
-        if first:
-            start, stop = int(first), min(int(last) + 1, size) if last else size
-        else:  # a suffix: the last N bytes
-            start, stop = max(size - int(last), 0), size
-    except ValueError:
-        return None
-    if start >= size or stop <= start:
-        raise APIError(416, f"range {header!r} is outside the {size} bytes of this asset", code="invalid_range",
-                       headers={"Content-Range": f"bytes */{size}"})
-    return start, stop
-
-
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for chunk in rest:
-        yield chunk
-
-
 def _replicas(deployment: Any) -> dict[str, int]:
     return {str(k): n for k, n in deployment.replica_states.items()} if deployment else {}
 
 
-def _upload_view(upload: Upload) -> SessionUpload:
-    return SessionUpload(id=upload.id, session_id=upload.session_id, kind=upload.kind, filename=upload.filename,
-                         content_type=upload.content_type, size_bytes=upload.size_bytes,
-                         created_at=int(upload.created_at), info=upload.info)
+def _submission(kind: str, job_id: str, routed: Routed, fields: Fields) -> Submission:
+    job = Job(
+        id=job_id, kind=kind, model=routed.variant.name, task=routed.plan.task, prompt=fields.prompt,
+        plan=routed.plan.model_dump(), params=routed.params, session_id=fields.session_id,
+        webhook_url=fields.webhook_url, total_steps=routed.plan.total_steps,
+    )
+    return Submission(job=job, plan=routed.plan, inputs=routed.inputs)
 
 
 @serve.deployment(max_ongoing_requests=200, ray_actor_options={"num_cpus": 0.25})
@@ -161,130 +83,35 @@ class Gateway:
         self._tracker = tracker
         self._flow = flow
         self._uploader = uploader
+        self._media = MediaResolver(tracker, uploader)
         self._links = AssetLinks(config.storage.s3)  # URLs only: files are the Uploader's
         self._max_bytes = config.max_upload_mb * 2**20
         self._poll = {"openai-poll-after-ms": str(config.poll_after_ms)}
-        self._running: set[asyncio.Task] = set()
 
-    # --- wire views ---------------------------------------------------------------------------------
-
-    def _assets(self, job: Job, base: str) -> list[dict[str, Any]]:
-        return self._links.views(job.kind, job.id, job.assets, self._config.public_url or base)
-
-    def _video(self, job: Job, base: str) -> Video:
-        p = job.params
-        return Video(
-            id=job.id, created_at=int(job.created_at),
-            completed_at=int(job.completed_at) if job.completed_at else None,
-            status=job.status.value, progress=job.progress, model=job.model, prompt=job.prompt,
-            seconds=p["seconds"], size=p["size"], error=_error(job), task=job.task, num_frames=p["num_frames"],
-            fps=p["fps"], seed=p["seed"], num_inference_steps=p["num_inference_steps"], step=job.step,
-            total_steps=job.total_steps, stage=job.stage, session_id=job.session_id, plan=job.plan,
-            assets=self._assets(job, base), upload=job.upload, webhook=job.webhook,
-        )
-
-    def _batch(self, job: Job, base: str) -> ImageBatch:
-        p = job.params
-        return ImageBatch(
-            id=job.id, created_at=int(job.created_at),
-            completed_at=int(job.completed_at) if job.completed_at else None, status=job.status.value,
-            progress=job.progress, model=job.model, prompts=p["prompts"], size=p["size"], seed=p["seed"],
-            session_id=job.session_id, error=_error(job), plan=job.plan, assets=self._assets(job, base),
-            upload=job.upload, webhook=job.webhook,
-        )
-
-    # --- jobs ---------------------------------------------------------------------------------------
-
-    async def _submit(self, kind: str, job_id: str, routed: Routed, fields: Fields) -> tuple[Job, asyncio.Task]:
-        """Persist the job, then run its plan in the background; the task ends when the job does."""
-        job = Job(
-            id=job_id, kind=kind, model=routed.variant.name, task=routed.plan.task, prompt=fields.prompt,
-            plan=routed.plan.model_dump(), params=routed.params, session_id=fields.session_id,
-            webhook_url=fields.webhook_url, total_steps=routed.plan.total_steps,
-        )
-        limit = self._config.model(routed.variant.name).max_queued_jobs
-        try:
-            await self._tracker.create.remote(job, limit)
-        except QueueFull as exc:
-            raise APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
-        task = asyncio.create_task(self._run(job, routed))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-        return job, task
-
-    async def _run(self, job: Job, routed: Routed) -> None:
-        try:
-            await self._flow.run.remote(job.id, routed.plan, routed.inputs)
-        except Exception as exc:
-            log.exception("flow runner failed for %s", job.id)
-            await self._tracker.finish.remote(job.id, JobStatus.FAILED, error=("flow_failed", str(exc)[:500]))
+    def _view(self, job: Job, request: Request) -> Any:
+        return job_view(job, self._links, self._config.public_url or str(request.base_url))
 
     async def _job(self, job_id: str, kind: str = "video") -> Job:
+        """The job, or a 404 naming the id field of its kind (a job being deleted is gone already)."""
         job = await self._tracker.get.remote(job_id) if job_id.startswith(f"{ID_PREFIXES[kind]}_") else None
-        if job is None or job.kind != kind:
+        if job is None or job.kind != kind or job.delete_requested:
             raise APIError(404, f"no {kind} with id {job_id!r}", param=f"{kind}_id", code="not_found")
         return job
 
-    async def _content(self, request: Request, job: Job, name: str) -> Response:
-        """An asset's bytes, streamed from the Uploader that stores them, whole or the requested range."""
-        if job.status is not JobStatus.COMPLETED:
-            raise APIError(409, f"{job.id} is {job.status.value}; content is ready once it is completed",
-                           code="not_ready")
-        names = [name, "combined"] if name == "video" else [name]  # a long video's main asset is `combined`
-        record = next((a for n in names for a in job.assets if a["name"] == n), None)
-        if record is None:
-            have = ", ".join(a["name"] for a in job.assets)
-            raise APIError(404, f"{job.id} has no {name}; it has {have}", param="variant", code="not_found")
-        size = record["file_size_bytes"]
-        span = _byte_range(request.headers.get("range"), size)
-        start, stop = span or (0, size)
-        chunks = self._uploader.options(stream=True).read.remote(record["key"], start, stop)
-        try:
-            first = await anext(chunks, b"")
-        except FileNotFoundError as exc:
-            raise APIError(404, f"{record['name']} of {job.id} is no longer stored", param="variant",
-                           code="not_found") from exc
-        headers = {"Accept-Ranges": "bytes", "Content-Length": str(stop - start),
-                   "Content-Disposition": f'attachment; filename="{job.id}-{record["name"]}.{record["format"]}"'}
-        if span is not None:
-            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-        return StreamingResponse(_prepend(first, chunks), status_code=206 if span else 200,
-                                 media_type=MEDIA_TYPES[record["format"]], headers=headers)
+    async def _submit(self, work: list[Submission], wait: bool = False) -> list[Job]:
+        """Hand jobs to the FlowRunner, which admits them all or none (a full queue is a 429) and runs them."""
+        limit = self._config.model(work[0].job.model).max_queued_jobs
+        return await self._flow.submit.remote(work, limit, wait)
 
     async def _delete(self, job: Job) -> None:
-        """Cancel a queued or running job (it ends `cancelled` within one step); delete a finished one."""
+        """A finished job's files and record go now; a queued or running one is stopped, then removed by its
+        owner. Either way it is gone for clients from here on."""
         if not job.status.terminal:
-            await self._tracker.cancel.remote(job.id)
-            return
-        await self._uploader.delete.remote(job.assets)
+            job = await self._tracker.cancel.remote(job.id, delete=True)
+            if job is None or not job.status.terminal:
+                return
+        await self._uploader.delete.remote(job.assets)  # it ended before the cancel reached it
         await self._tracker.delete.remote(job.id)
-
-    async def _media(self, body: BaseModel, raw: dict[str, bytes], session_id: str | None) -> Media:
-        """Media from uploaded files, data URLs, or ids of files uploaded into the job's session."""
-        files = dict(raw)
-        unknown = set(files) - set(MEDIA_FIELDS)
-        if unknown:
-            raise APIError(400, f"unexpected file field {sorted(unknown)[0]!r}", param=sorted(unknown)[0])
-        for name in MEDIA_FIELDS:
-            value = getattr(body, name)
-            if isinstance(value, dict):
-                value = value.get("image_url")
-            if value is None or name in files:
-                continue
-            if value.startswith("upload_"):
-                files[name] = await self._session_file(session_id, value, name)
-            else:
-                files[name] = data_url_bytes(value, name)
-        return await asyncio.to_thread(decode_media, files)
-
-    async def _session_file(self, session_id: str | None, upload_id: str, param: str) -> bytes:
-        if session_id is None:
-            raise APIError(400, f"{param} names an upload; send the session_id it was uploaded to",
-                           param="session_id", code="missing_input")
-        upload: Upload | None = await self._tracker.upload.remote(session_id, upload_id)
-        if upload is None:
-            raise APIError(404, f"session {session_id} has no upload {upload_id!r}", param=param, code="not_found")
-        return await self._uploader.get.remote(upload.key)
 
     async def _check_session(self, session_id: str | None) -> None:
         if session_id is not None and await self._tracker.get_session.remote(session_id) is None:
@@ -297,7 +124,7 @@ class Gateway:
         fields, raw = await read_body(request, self._max_bytes)
         body = validated(VideoCreateRequest, fields)
         await self._check_session(body.session_id)
-        media = await self._media(body, raw, body.session_id)
+        media = await self._media.resolve(body, raw, body.session_id)
         job_id = f"video_{uuid.uuid4().hex}"
         args = Fields(**body.model_dump(exclude={*MEDIA_FIELDS, "webhook_url"}), webhook_url=_url(body.webhook_url))
         routed = await asyncio.to_thread(route, self._config, args, media, job_id)
@@ -305,8 +132,8 @@ class Gateway:
             plan = VideoPlan(model=routed.variant.name, task=routed.plan.task, plan=routed.plan.model_dump(),
                              **{k: v for k, v in routed.params.items() if k in VideoPlan.model_fields})
             return JSONResponse(plan.model_dump())
-        job, _ = await self._submit("video", job_id, routed, args)
-        return JSONResponse(self._video(job, str(request.base_url)).model_dump(), headers=self._poll)
+        [job] = await self._submit([_submission("video", job_id, routed, args)])
+        return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
 
     @api.get("/v1/videos", response_model=VideoList)
     async def list_videos(
@@ -317,27 +144,36 @@ class Gateway:
         order: Literal["asc", "desc"] = "desc",
     ) -> VideoList:
         jobs, has_more = await self._tracker.list.remote("video", after, limit, order)
-        data = [self._video(j, str(request.base_url)) for j in jobs]
+        data = [self._view(j, request) for j in jobs]
         return VideoList(data=data, first_id=data[0].id if data else None,
                          last_id=data[-1].id if data else None, has_more=has_more)
 
     @api.get("/v1/videos/{video_id}", response_model=Video)
     async def get_video(self, request: Request, video_id: str) -> JSONResponse:
         job = await self._job(video_id)
-        video = self._video(job, str(request.base_url))
+        video = self._view(job, request)
         if job.status is JobStatus.QUEUED:
             video.queue_position = await self._tracker.queue_position.remote(job.id)
         return JSONResponse(video.model_dump(), headers=self._poll)
 
     @api.delete("/v1/videos/{video_id}", response_model=VideoDeleted)
     async def delete_video(self, video_id: str) -> VideoDeleted:
+        """Delete a video: a running one is stopped first. Either way it is a 404 from now on."""
         await self._delete(await self._job(video_id))
         return VideoDeleted(id=video_id)
+
+    @api.post("/v1/videos/{video_id}/cancel", response_model=Video)
+    async def cancel_video(self, request: Request, video_id: str) -> Video:
+        """Stop a queued or running video within one denoising step; its record stays, as `cancelled`."""
+        job = await self._job(video_id)
+        if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
+            raise APIError(409, f"{job.id} has already {job.status.value}", code="not_cancellable")
+        return self._view(await self._tracker.cancel.remote(job.id), request)
 
     @api.get("/v1/videos/{video_id}/content")
     async def video_content(self, request: Request, video_id: str, variant: str = "video") -> Response:
         """`variant`: video (the main video), thumbnail, or any asset's name (initial, extension_001, ...)."""
-        return await self._content(request, await self._job(video_id), variant)
+        return await asset_response(self._uploader, await self._job(video_id), variant, request.headers.get("range"))
 
     @api.post("/v1/videos/{video_id}/upload", response_model=Video)
     async def retry_upload(self, request: Request, video_id: str) -> Video:
@@ -349,30 +185,30 @@ class Gateway:
             raise APIError(409, f"{job.id} is {job.status.value}; only a completed job's assets are uploaded",
                            code="not_ready")
         assets, upload = await self._uploader.push.remote(job.assets)
-        job = await self._tracker.annotate.remote(job.id, assets=assets, upload=upload)
-        return self._video(job, str(request.base_url))
+        return self._view(await self._tracker.annotate.remote(job.id, assets=assets, upload=upload), request)
 
     # --- /v1/images ---------------------------------------------------------------------------------
 
     @api.post("/v1/images/generations", response_model=ImagesResponse)
     async def generate_images(self, request: Request, body: ImageGenerationRequest) -> ImagesResponse:
-        """OpenAI's synchronous images API: n one-frame generations with consecutive seeds."""
+        """OpenAI's synchronous images API: n one-frame generations with consecutive seeds, admitted together.
+
+        A client that goes away before they end cancels them.
+        """
         params = body.model_dump(exclude={"n", "response_format", "quality", "style", "user"})
         fields = Fields(**params, task=Task.T2I, num_frames=1)
-        submitted = []
+        work = []
         for _ in range(body.n):
             job_id = f"img_{uuid.uuid4().hex}"
             routed = route(self._config, fields, Media(), job_id)
             fields.seed = routed.params["seed"] + 1  # the next image takes the next seed
-            submitted.append(await self._submit("image", job_id, routed, fields))
-        await asyncio.gather(*(task for _, task in submitted))
+            work.append(_submission("image", job_id, routed, fields))
         data = []
-        for job, _ in submitted:
-            job = await self._job(job.id, "image")
+        for job in await self._submit(work, wait=True):
             if job.status is not JobStatus.COMPLETED:
                 raise APIError(500, f"image generation {job.status.value}: {job.error_message}", code=job.error_code)
             if body.response_format == "url":
-                data.append(ImageData(url=self._assets(job, str(request.base_url))[0]["url"]))
+                data.append(ImageData(url=self._view(job, request).assets[0].url))
             else:
                 image = await self._uploader.get.remote(job.assets[0]["key"])
                 data.append(ImageData(b64_json=base64.b64encode(image).decode()))
@@ -380,7 +216,8 @@ class Gateway:
 
     @api.get("/v1/images/{image_id}/content")
     async def image_content(self, request: Request, image_id: str, variant: str = "image") -> Response:
-        return await self._content(request, await self._job(image_id, "image"), variant)
+        job = await self._job(image_id, "image")
+        return await asset_response(self._uploader, job, variant, request.headers.get("range"))
 
     # --- /v1/images/batches -------------------------------------------------------------------------
 
@@ -391,28 +228,30 @@ class Gateway:
                         webhook_url=_url(body.webhook_url))
         job_id = f"batch_{uuid.uuid4().hex}"
         routed = route_batch(self._config, fields, body.prompts, job_id)
-        job, _ = await self._submit("batch", job_id, routed, fields)
-        return JSONResponse(self._batch(job, str(request.base_url)).model_dump(), headers=self._poll)
+        [job] = await self._submit([_submission("batch", job_id, routed, fields)])
+        return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
 
     @api.get("/v1/images/batches/{batch_id}", response_model=ImageBatch)
     async def get_batch(self, request: Request, batch_id: str) -> JSONResponse:
         job = await self._job(batch_id, "batch")
-        return JSONResponse(self._batch(job, str(request.base_url)).model_dump(), headers=self._poll)
+        return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
 
     @api.get("/v1/images/batches/{batch_id}/images/{index}")
     async def batch_image(self, request: Request, batch_id: str, index: int) -> Response:
         """Image `index` (0-based, in the order of the prompts) as PNG."""
-        return await self._content(request, await self._job(batch_id, "batch"), f"image_{index:03d}")
+        job = await self._job(batch_id, "batch")
+        return await asset_response(self._uploader, job, f"image_{index:03d}", request.headers.get("range"))
 
     @api.get("/v1/images/batches/{batch_id}/content")
     async def batch_content(self, request: Request, batch_id: str, variant: str = "images") -> Response:
         """Every image as one ZIP (`variant=images`), or one image by its asset name."""
-        return await self._content(request, await self._job(batch_id, "batch"), variant)
+        job = await self._job(batch_id, "batch")
+        return await asset_response(self._uploader, job, variant, request.headers.get("range"))
 
-    @api.delete("/v1/images/batches/{batch_id}", response_model=VideoDeleted)
-    async def delete_batch(self, batch_id: str) -> dict[str, Any]:
+    @api.delete("/v1/images/batches/{batch_id}", response_model=BatchDeleted)
+    async def delete_batch(self, batch_id: str) -> BatchDeleted:
         await self._delete(await self._job(batch_id, "batch"))
-        return {"id": batch_id, "object": "image.batch.deleted", "deleted": True}
+        return BatchDeleted(id=batch_id)
 
     # --- /v1/sessions -------------------------------------------------------------------------------
 
@@ -429,12 +268,11 @@ class Gateway:
         if found is None:
             raise APIError(404, f"no session with id {session_id!r}", param="session_id", code="not_found")
         session, uploads, jobs = found
-        base = str(request.base_url)
+        views = [self._view(j, request) for j in jobs if j.kind in ("video", "batch")]
         return SessionView(
             id=session.id, created_at=int(session.created_at), metadata=session.metadata,
-            uploads=[_upload_view(u) for u in uploads],
-            videos=[self._video(j, base) for j in jobs if j.kind == "video"],
-            image_batches=[self._batch(j, base) for j in jobs if j.kind == "batch"],
+            uploads=[upload_view(u) for u in uploads], videos=[v for v in views if isinstance(v, Video)],
+            image_batches=[v for v in views if isinstance(v, ImageBatch)],
         )
 
     @api.post("/v1/sessions/{session_id}/uploads", response_model=SessionUpload)
@@ -442,41 +280,12 @@ class Gateway:
         """Upload a video (MP4, MOV, MKV, AVI, WebM: kept as, or converted to, MP4) or an image (kept as
         RGB JPEG) in the multipart field `file`; refer to it by id in a video's media fields."""
         await self._check_session(session_id)
-        if int(request.headers.get("content-length") or 0) > self._max_bytes:
-            raise APIError(413, f"the upload is larger than {self._config.max_upload_mb} MiB",
-                           code="payload_too_large")
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise APIError(400, "send the file as multipart/form-data field `file`", code="unsupported_content_type")
-        async with request.form(max_part_size=self._max_bytes) as form:
-            file = form.get("file")
-            if not isinstance(file, UploadFile):
-                raise APIError(400, "send the file as multipart field `file`", param="file", code="missing_input")
-            data, filename = await file.read(), file.filename or "file"
+        data, filename = await read_upload(request, self._max_bytes)
         upload_id = f"upload_{uuid.uuid4().hex}"
-        upload, stored = await asyncio.to_thread(self._normalize_upload, session_id, upload_id, data, filename)
+        upload, stored = await asyncio.to_thread(normalize_upload, session_id, upload_id, data, filename)
         await self._uploader.put.remote(upload.key, stored, upload.content_type)
         await self._tracker.add_upload.remote(upload)
-        return _upload_view(upload)
-
-    def _normalize_upload(self, session_id: str, upload_id: str, data: bytes, filename: str) -> tuple[Upload, bytes]:
-        try:
-            image = normalize_image(data)
-        except MediaError:
-            image = None
-        try:
-            if image is not None:
-                kind, ext, stored, info = "image", "jpg", image, {}
-            else:
-                kind, ext, stored = "video", "mp4", normalize_video(data)
-                probe = probe_video(stored)
-                info = dict(width=probe.width, height=probe.height, frames=probe.frames, fps=probe.fps,
-                            duration_s=probe.duration_s, has_audio=probe.has_audio)
-        except MediaError as exc:
-            raise APIError(422, f"file: {exc}", param="file", code="invalid_media") from exc
-        upload = Upload(id=upload_id, session_id=session_id, kind=kind, filename=filename,
-                        key=upload_key(session_id, upload_id, ext), content_type=MEDIA_TYPES[ext],
-                        size_bytes=len(stored), info=info)
-        return upload, stored
+        return upload_view(upload)
 
     # --- models, queue and health --------------------------------------------------------------------
 
@@ -517,4 +326,3 @@ class Gateway:
     @api.get("/health")
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
-

@@ -3,29 +3,28 @@
 Deterministic from the inputs: video (+ mask) -> vace or v2v; first + last image -> flf2v; an image ->
 i2v; a last frame only, or a reference image -> vace; one frame -> t2i; text -> t2v. An explicit `task`
 or `model` takes precedence; a model without i2v/flf2v but with VACE serves keyframes through VACE; and
-a combination no served model can do is a 400 that names the field and says why.
+a combination no served model can do is an `InvalidRequest` that names the field and says why.
+
+No HTTP here: the one domain error is mapped to OpenAI's error shape by `serve_app/errors.py`.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from deployments.plan import FlowInputs, Plan, Stage
-from deployments.storage import job_prefix
+from deployments.plan import FlowInputs, Plan
 from pipelines.conditioning import binary_mask, fit_clip, grid_ceil, pad_frames
-from pipelines.extend import Method, extended_length, extensions_to_cover, segments
-from pipelines.interpolate import interpolated_count
+from pipelines.extend import Method, extended_length, extensions_to_cover
 from pipelines.request import GenerationRequest, InvalidRequest, check_frames, check_request, check_size
 from pipelines.variants import CATALOG, Family, Task, Variant
 from pipelines.video import resample_frames
+from serve_app import planner
 from serve_app.config import AppConfig
-from serve_app.errors import APIError
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
@@ -83,7 +82,17 @@ class Routed:
     params: dict[str, Any] = field(default_factory=dict)  # what the client sees on the job
 
 
-# --- classification -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Frames:
+    """A video job's length: `window`-frame generations, `extensions` after the first, `length` kept."""
+
+    window: int
+    extensions: int
+    overlap: int
+    length: int
+
+
+# --- 1. classify ----------------------------------------------------------------------------------
 
 
 def place_references(fields: Fields, media: Media) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -94,8 +103,8 @@ def place_references(fields: Fields, media: Media) -> tuple[np.ndarray | None, n
         return media.image, media.last_image
     wanted = {"none": 0, "single": 1, "start": 1, "end": 1, "both": 2}[mode]
     if len(images) != wanted:
-        raise APIError(400, f"reference_mode {mode!r} takes {wanted} image(s) (input_reference, last_image); "
-                            f"got {len(images)}", param="reference_mode", code="invalid_value")
+        raise InvalidRequest("reference_mode", f"reference_mode {mode!r} takes {wanted} image(s) "
+                                               f"(input_reference, last_image); got {len(images)}")
     if mode in ("single", "start"):
         return images[0], None
     if mode == "end":
@@ -120,34 +129,34 @@ def infer_task(fields: Fields, media: Media, first: np.ndarray | None, last: np.
 
 def choose_variant(config: AppConfig, fields: Fields, media: Media, first: np.ndarray | None,
                    last: np.ndarray | None) -> tuple[Variant, Task]:
-    # Keyframe tasks fall back to VACE, which keeps a first and/or last frame through its mask.
+    """The model and the task it runs. Keyframe tasks fall back to VACE, which keeps a first and/or last frame
+    through its mask, unless the client named the task."""
     keyframe_fallback = fields.task is None
-    if fields.model is not None:
-        if config.model(fields.model) is None:
-            served = ", ".join(m.name for m in config.models)
-            raise APIError(400, f"model {fields.model!r} is not served here; served: {served}",
-                           param="model", code="model_not_found")
-        variant = CATALOG[fields.model]
-        task = infer_task(fields, media, first, last, variant)
-        if task in (Task.I2V, Task.FLF2V) and task not in variant.tasks and Task.VACE in variant.tasks \
-                and keyframe_fallback:
-            task = Task.VACE
-        if task not in variant.tasks:
-            does = ", ".join(t.value for t in variant.tasks)
-            missing = None if fields.task else _missing_input(variant)
-            if missing is not None:
-                raise APIError(400, f"{variant.name} does {does}: send {missing}", param=missing,
-                               code="missing_input")
-            raise APIError(400, f"{variant.name} cannot do {task.value}; it does: {does}", param="model",
-                           code="unsupported_task")
-        return variant, task
-    task = infer_task(fields, media, first, last, None)
-    name = config.default_model(task)
-    if name is None and task in (Task.I2V, Task.FLF2V) and keyframe_fallback:
-        task, name = Task.VACE, config.default_model(Task.VACE)
-    if name is None:
-        raise APIError(400, f"no served model does {task.value}", param="model", code="unsupported_task")
-    return CATALOG[name], task
+    if fields.model is None:
+        task = infer_task(fields, media, first, last, None)
+        name = config.default_model(task)
+        if name is None and task in (Task.I2V, Task.FLF2V) and keyframe_fallback:
+            task, name = Task.VACE, config.default_model(Task.VACE)
+        if name is None:
+            raise InvalidRequest("model", f"no served model does {task.value}", code="unsupported_task")
+        return CATALOG[name], task
+    if config.model(fields.model) is None:
+        served = ", ".join(m.name for m in config.models)
+        raise InvalidRequest("model", f"model {fields.model!r} is not served here; served: {served}",
+                             code="model_not_found")
+    variant = CATALOG[fields.model]
+    task = infer_task(fields, media, first, last, variant)
+    if task in (Task.I2V, Task.FLF2V) and task not in variant.tasks and Task.VACE in variant.tasks \
+            and keyframe_fallback:
+        task = Task.VACE
+    if task not in variant.tasks:
+        does = ", ".join(t.value for t in variant.tasks)
+        missing = None if fields.task else _missing_input(variant)
+        if missing is not None:
+            raise InvalidRequest(missing, f"{variant.name} does {does}: send {missing}", code="missing_input")
+        raise InvalidRequest("model", f"{variant.name} cannot do {task.value}; it does: {does}",
+                             code="unsupported_task")
+    return variant, task
 
 
 def _missing_input(variant: Variant) -> str | None:
@@ -164,7 +173,8 @@ def extension_model(config: AppConfig, variant: Variant, needs_vace: bool) -> tu
 
     An edit of a source clip follows the source in every window, which only VACE can do.
     """
-    choices = [(Task.VACE, "vace")] if needs_vace else [(Task.VACE, "vace"), (Task.I2V, "i2v")]
+    choices: list[tuple[Task, Method]] = [(Task.VACE, "vace")] if needs_vace else [(Task.VACE, "vace"),
+                                                                                    (Task.I2V, "i2v")]
     for task, method in choices:
         if task in variant.tasks:
             return variant, method
@@ -172,11 +182,10 @@ def extension_model(config: AppConfig, variant: Variant, needs_vace: bool) -> tu
         if (name := config.default_model(task)) is not None:
             return CATALOG[name], method
     needed = "a VACE model" if needs_vace else "a VACE or image-to-video model"
-    raise APIError(400, f"extending needs {needed}, and none is served", param="extensions",
-                   code="unsupported_task")
+    raise InvalidRequest("extensions", f"extending needs {needed}, and none is served", code="unsupported_task")
 
 
-# --- resolution of sizes and frames --------------------------------------------------------------
+# --- 2. resolve sizes, frames and defaults ---------------------------------------------------------
 
 
 def parse_size(variant: Variant, size: str | None) -> tuple[int, int]:
@@ -186,10 +195,10 @@ def parse_size(variant: Variant, size: str | None) -> tuple[int, int]:
         return variant.sizes[size]
     match = _SIZE.match(size.strip())
     if match is None:
-        raise APIError(400, f"size {size!r} is neither WxH nor a preset of {variant.name} "
-                            f"({', '.join(variant.sizes)})", param="size", code="invalid_size")
+        raise InvalidRequest("size", f"size {size!r} is neither WxH nor a preset of {variant.name} "
+                                     f"({', '.join(variant.sizes)})", code="invalid_size")
     width, height = int(match[1]), int(match[2])
-    _checked(check_size, variant, width, height)
+    check_size(variant, width, height)
     return width, height
 
 
@@ -201,7 +210,7 @@ def requested_frames(variant: Variant, fields: Fields) -> int | None:
         frames, param = variant.frames_for_seconds(fields.seconds), "seconds"
     else:
         return None
-    _checked(check_frames, variant, frames, param)
+    check_frames(variant, frames, param)
     return frames
 
 
@@ -210,23 +219,50 @@ def fitted_source(variant: Variant, fields: Fields, media: Media, width: int, he
     """The uploaded clip (and mask) at the model's frame rate and the output size, as the model reads them."""
     if media.video is None:
         if media.mask is not None:
-            raise APIError(400, "mask needs a source video", param="mask", code="invalid_value")
+            raise InvalidRequest("mask", "mask needs a source video")
         return None, None
     video = resample_frames(media.video, media.video_fps, variant.fps)
     mask = None
     if media.mask is not None:
         mask = binary_mask(resample_frames(media.mask, media.mask_fps, variant.fps), fields.invert_mask)
         if len(mask) != len(video):
-            raise APIError(400, f"the mask lasts {len(mask)} frames at {variant.fps} fps, the video {len(video)}",
-                           param="mask", code="invalid_value")
+            raise InvalidRequest("mask", f"the mask lasts {len(mask)} frames at {variant.fps} fps, "
+                                         f"the video {len(video)}")
     return fit_clip(video, mask, width, height, "pad" if fields.edit_mode == "outpaint" else "crop")
+
+
+def video_frames(config: AppConfig, variant: Variant, task: Task, fields: Fields,
+                 source: np.ndarray | None) -> Frames:
+    """The window, the extensions (enough to cover an uploaded clip unless given) and the length kept."""
+    asked = requested_frames(variant, fields)
+    overlap = fields.overlap_frames or config.extend.overlap_frames
+    if task is Task.T2I:
+        if fields.extensions:
+            raise InvalidRequest("extensions", "a single image cannot be extended")
+        return Frames(window=1, extensions=0, overlap=overlap, length=1)
+    if source is None:
+        window = asked or variant.default_frames
+        extensions = fields.extensions or 0
+        length = extended_length(window, overlap, extensions)
+    else:  # an uploaded clip: windows over it, the output as long as the source unless extended past it
+        window = asked or min(grid_ceil(len(source)), variant.default_frames)
+        check_frames(variant, window, "num_frames")
+        extensions = extensions_to_cover(len(source), window, overlap) if fields.extensions is None \
+            else fields.extensions
+        total = extended_length(window, overlap, extensions)
+        length = total if fields.extensions is not None else min(total, len(source))
+    if extensions > config.extend.max_extensions:
+        raise InvalidRequest("extensions", f"at most {config.extend.max_extensions} extensions")
+    if extensions and not 1 <= overlap < window:
+        raise InvalidRequest("overlap_frames", f"overlap_frames must be within 1..{window - 1} for {window}-frame "
+                                               "windows")
+    return Frames(window=window, extensions=extensions, overlap=overlap, length=length)
 
 
 def denoise_strength(fields: Fields) -> float:
     both = fields.denoise_strength is not None and fields.reference_strength is not None
     if both and abs(fields.denoise_strength + fields.reference_strength - 1) > 1e-6:
-        raise APIError(400, "reference_strength is 1 - denoise_strength; send one of them",
-                           param="reference_strength", code="invalid_value")
+        raise InvalidRequest("reference_strength", "reference_strength is 1 - denoise_strength; send one of them")
     if fields.denoise_strength is not None:
         return fields.denoise_strength
     if fields.reference_strength is not None:
@@ -236,108 +272,72 @@ def denoise_strength(fields: Fields) -> float:
 
 def generation_request(variant: Variant, task: Task, fields: Fields, width: int, height: int, frames: int,
                        seed: int) -> GenerationRequest:
-    """A request with every unset field taken from `variant`'s defaults."""
+    """A request with every unset field taken from `variant`'s defaults (a value sent is never swapped)."""
+    def given(value: float | None, default: float) -> float:
+        return default if value is None else value
+
     return GenerationRequest(
         task=task, prompt=fields.prompt, negative_prompt=fields.negative_prompt, width=width, height=height,
         num_frames=frames, num_inference_steps=fields.num_inference_steps or variant.steps,
-        guidance_scale=variant.guidance_scale if fields.guidance_scale is None else fields.guidance_scale,
+        guidance_scale=given(fields.guidance_scale, variant.guidance_scale),
         guidance_scale_2=variant.guidance_scale_2 if fields.guidance_scale_2 is None else fields.guidance_scale_2,
-        flow_shift=fields.flow_shift or variant.flow_shift, seed=seed, denoise_strength=denoise_strength(fields),
+        flow_shift=given(fields.flow_shift, variant.flow_shift), seed=seed,
+        denoise_strength=denoise_strength(fields),
     )
 
 
-# --- planning ------------------------------------------------------------------------------------
+def extension_request(config: AppConfig, variant: Variant, fields: Fields, first: GenerationRequest,
+                      frames: Frames, needs_vace: bool) -> tuple[Variant, Method, GenerationRequest]:
+    """The model, the method and the base request of every extension window, checked like the first."""
+    ext_variant, method = extension_model(config, variant, needs_vace)
+    task = Task.VACE if method == "vace" else Task.I2V
+    base = generation_request(ext_variant, task, fields, first.width, first.height, frames.window, first.seed)
+    check_size(ext_variant, first.width, first.height)
+    window = frames.window if method == "vace" else grid_ceil(frames.window - frames.overlap + 1)
+    check_frames(ext_variant, window, "num_frames")
+    base = replace(base, reference_images=first.reference_images if method == "vace" else [],
+                   guidance_scale_2=base.guidance_scale_2 if ext_variant.boundary_ratio else None)
+    return ext_variant, method, base
+
+
+# --- the routes -----------------------------------------------------------------------------------
+
+
+def new_seed(fields: Fields) -> int:
+    return secrets.randbelow(2**31) if fields.seed is None else fields.seed
 
 
 def route(config: AppConfig, fields: Fields, media: Media, job_id: str) -> Routed:
-    """Classify, resolve every default against the chosen variant, check, and plan a video job."""
+    """A video (or single image) job, in diffusers' order: classify, resolve, check, plan."""
+    # 1. classify: the task, the model, and where the images go
     first, last = place_references(fields, media)
     variant, task = choose_variant(config, fields, media, first, last)
+
+    # 2. resolve the size, the source clip, the frames and every default against the variant
     width, height = parse_size(variant, fields.size)
-    seed = secrets.randbelow(2**31) if fields.seed is None else fields.seed
     source, source_mask = fitted_source(variant, fields, media, width, height)
-    asked = requested_frames(variant, fields)
-    overlap = fields.overlap_frames or config.extend.overlap_frames
-
-    if task is Task.T2I:
-        window, extensions, length = 1, 0, 1
-    elif source is None:
-        window = asked or variant.default_frames
-        extensions = fields.extensions or 0
-        length = extended_length(window, overlap, extensions)
-    else:  # an uploaded clip: windows over it, the output as long as the source unless extended past it
-        window = asked or min(grid_ceil(len(source)), variant.default_frames)
-        _checked(check_frames, variant, window, "num_frames")
-        extensions = extensions_to_cover(len(source), window, overlap) if fields.extensions is None \
-            else fields.extensions
-        total = extended_length(window, overlap, extensions)
-        length = total if fields.extensions is not None else min(total, len(source))
-    if extensions and task is Task.T2I:
-        raise APIError(400, "a single image cannot be extended", param="extensions", code="invalid_value")
-    if extensions > config.extend.max_extensions:
-        raise APIError(400, f"at most {config.extend.max_extensions} extensions", param="extensions",
-                       code="invalid_value")
-    if extensions and not 1 <= overlap < window:
-        raise APIError(400, f"overlap_frames must be within 1..{window - 1} for {window}-frame windows",
-                       param="overlap_frames", code="invalid_value")
-
-    request = generation_request(variant, task, fields, width, height, window, seed)
+    frames = video_frames(config, variant, task, fields, source)
+    request = generation_request(variant, task, fields, width, height, frames.window, new_seed(fields))
     request = replace(request, image=first, last_image=last,
                       reference_images=[media.reference_image] if media.reference_image is not None else [])
     if source is not None:
-        request = replace(request, video=pad_frames(source, window),
-                          mask=None if source_mask is None else pad_frames(source_mask, window))
-    _checked(check_request, variant, request)
-    inputs = FlowInputs(requests=[request])
+        request = replace(request, video=pad_frames(source, frames.window),
+                          mask=None if source_mask is None else pad_frames(source_mask, frames.window))
 
-    fps = fields.fps or variant.fps
-    steps = request.num_inference_steps
-    stages = [Stage(kind="generate", deployment=generator_name(variant.name), params={
-        "model": variant.name, "task": task.value, "size": f"{width}x{height}", "num_frames": window,
-        "num_inference_steps": steps, "seed": seed})]
-    parts: list[dict[str, Any]] = []
-    if extensions:
-        ext_variant, method = extension_model(config, variant, needs_vace=source is not None)
-        base = generation_request(ext_variant, Task.VACE if method == "vace" else Task.I2V, fields, width, height,
-                                  window, seed)
-        _checked(check_size, ext_variant, width, height)
-        _checked(check_frames, ext_variant, window if method == "vace" else grid_ceil(window - overlap + 1),
-                 "num_frames")
-        base = replace(base, reference_images=request.reference_images if method == "vace" else [],
-                       guidance_scale_2=base.guidance_scale_2 if ext_variant.boundary_ratio else None)
+    # 3. check: the first window as the generator will run it, and the extensions' model and method
+    check_request(variant, request)
+    inputs = FlowInputs(requests=[request], audio=media.video_file if source is not None else None)
+    extension: tuple[str, Method] | None = None
+    if frames.extensions:
+        ext_variant, method, base = extension_request(config, variant, fields, request, frames, source is not None)
         inputs = replace(inputs, extension=base, source=source, source_mask=source_mask)
-        steps += base.num_inference_steps * extensions
-        stages.append(Stage(kind="extend", deployment="Extender", params={
-            "model": ext_variant.name, "method": method, "window": window, "overlap": overlap,
-            "extensions": extensions}))
-        parts = [{"name": s.name, "start": s.start, "stop": min(s.stop, length), "format": "mp4", "fps": fps,
-                  "thumbnail": f"{s.name}_thumbnail"}
-                 for s in segments(window, overlap, extensions) if s.start < length]
+        extension = (ext_variant.name, method)
 
-    if source is not None and media.video_file is not None:
-        inputs = replace(inputs, audio=media.video_file)
-    if task is Task.T2I:
-        outputs = [{"name": "image", "format": "png"}]
-        stages.append(Stage(kind="encode", deployment="VideoEncoder", params={"outputs": outputs}))
-        out_frames, out_fps = 1, fps
-    else:
-        out_fps = interpolation_target(fields, fps)
-        out_frames = length if out_fps == fps else interpolated_count(length, fps, out_fps)
-        primary = {"name": "combined" if extensions else "video", "start": 0, "stop": out_frames, "format": "mp4",
-                   "fps": out_fps, "thumbnail": "thumbnail", "audio": inputs.audio is not None}
-        if out_fps == fps:
-            stages.append(Stage(kind="encode", deployment="VideoEncoder",
-                                params={"outputs": [*parts, primary], "audio": inputs.audio is not None}))
-        else:
-            if parts:
-                stages.append(Stage(kind="encode", deployment="VideoEncoder", params={"outputs": parts}))
-            stages.append(Stage(kind="interpolate", deployment="Interpolator",
-                                params={"src_fps": fps, "dst_fps": out_fps, "num_frames": length}))
-            stages.append(Stage(kind="encode", deployment="VideoEncoder",
-                                params={"outputs": [primary], "audio": inputs.audio is not None}))
-    stages += final_stages(job_id, fields)
-    plan = Plan(task=task.value, model=variant.name, total_steps=steps, stages=stages)
-    params = {"size": f"{width}x{height}", "num_frames": out_frames, "fps": out_fps, "seed": seed,
+    # 4. plan
+    fps = fields.fps or variant.fps
+    plan, out_frames, out_fps = planner.video_plan(
+        variant, request, inputs, frames, extension, fps, interpolation_target(fields, fps), job_id, fields)
+    params = {"size": f"{width}x{height}", "num_frames": out_frames, "fps": out_fps, "seed": request.seed,
               "seconds": f"{max(out_frames - 1, 0) / out_fps:g}", "num_inference_steps": request.num_inference_steps}
     return Routed(variant=variant, plan=plan, inputs=inputs, params=params)
 
@@ -345,66 +345,38 @@ def route(config: AppConfig, fields: Fields, media: Media, job_id: str) -> Route
 def interpolation_target(fields: Fields, fps: int) -> int:
     """The output frame rate: `target_fps`, or `fps * interpolation_factor`, or `fps` (no interpolation)."""
     if fields.target_fps is not None and fields.interpolation_factor is not None:
-        raise APIError(400, "send target_fps or interpolation_factor, not both", param="interpolation_factor",
-                       code="invalid_value")
+        raise InvalidRequest("interpolation_factor", "send target_fps or interpolation_factor, not both")
     if fields.interpolation_factor is not None:
         return fps * fields.interpolation_factor
     if fields.target_fps is None or fields.target_fps == fps:
         return fps
     if fields.target_fps < fps:
-        raise APIError(400, f"target_fps {fields.target_fps} is below the clip's {fps} fps; interpolation only "
-                            "raises the frame rate", param="target_fps", code="invalid_value")
+        raise InvalidRequest("target_fps", f"target_fps {fields.target_fps} is below the clip's {fps} fps; "
+                                           "interpolation only raises the frame rate")
     return fields.target_fps
-
-
-def final_stages(job_id: str, fields: Fields) -> list[Stage]:
-    stages = [Stage(kind="upload", deployment="Uploader", params={"prefix": job_prefix(job_id, fields.session_id)})]
-    if fields.webhook_url:
-        stages.append(Stage(kind="notify", deployment="Notifier", params={"url": fields.webhook_url}))
-    return stages
 
 
 def route_batch(config: AppConfig, fields: Fields, prompts: list[str], job_id: str) -> Routed:
     """Text-to-image for each prompt as one job: image i uses seed + i; a PNG each and one ZIP of them all."""
+    # 1. classify
     if len(prompts) > config.max_batch_prompts:
-        raise APIError(400, f"at most {config.max_batch_prompts} prompts per batch", param="prompts",
-                       code="invalid_value")
+        raise InvalidRequest("prompts", f"at most {config.max_batch_prompts} prompts per batch")
     fields = replace(fields, task=Task.T2I, num_frames=1)
     variant, task = choose_variant(config, fields, Media(), None, None)
+    # 2. resolve
     width, height = parse_size(variant, fields.size)
-    seed = secrets.randbelow(2**31) if fields.seed is None else fields.seed
-    requests = []
-    for i, prompt in enumerate(prompts):
-        request = generation_request(variant, task, replace(fields, prompt=prompt), width, height, 1, seed + i)
+    seed = new_seed(fields)
+    requests = [generation_request(variant, task, replace(fields, prompt=prompt), width, height, 1, seed + i)
+                for i, prompt in enumerate(prompts)]
+    # 3. check, naming the prompt by its index
+    for i, request in enumerate(requests):
         try:
             check_request(variant, request)
         except InvalidRequest as exc:
             param = f"prompts[{i}]" if exc.param == "prompt" else exc.param
-            raise APIError(400, exc.message, param=param, code="invalid_value") from exc
-        requests.append(request)
-    names = [f"image_{i:03d}" for i in range(len(prompts))]
-    outputs = [{"name": n, "clip": i, "format": "png"} for i, n in enumerate(names)]
-    outputs.append({"name": "images", "format": "zip", "members": names})
-    steps = requests[0].num_inference_steps
-    stages = [
-        Stage(kind="generate", deployment=generator_name(variant.name), params={
-            "model": variant.name, "task": task.value, "size": f"{width}x{height}", "images": len(prompts),
-            "num_inference_steps": steps, "seed": seed}),
-        Stage(kind="encode", deployment="VideoEncoder", params={"outputs": outputs}),
-        *final_stages(job_id, fields),
-    ]
-    plan = Plan(task=task.value, model=variant.name, total_steps=steps * len(prompts), stages=stages)
-    params = {"size": f"{width}x{height}", "seed": seed, "prompts": prompts, "num_inference_steps": steps}
+            raise InvalidRequest(param, exc.message, exc.code) from exc
+    # 4. plan
+    plan = planner.batch_plan(variant, requests, job_id, fields)
+    params = {"size": f"{width}x{height}", "seed": seed, "prompts": prompts,
+              "num_inference_steps": requests[0].num_inference_steps}
     return Routed(variant=variant, plan=plan, inputs=FlowInputs(requests=requests), params=params)
-
-
-def generator_name(model: str) -> str:
-    """The generator deployment's name for a variant: Ray names allow no dots."""
-    return "Generator-" + re.sub(r"[^A-Za-z0-9_-]", "_", model)
-
-
-def _checked(check: Callable[..., None], *args: Any) -> None:
-    try:
-        check(*args)
-    except InvalidRequest as exc:
-        raise APIError(400, exc.message, param=exc.param, code="invalid_value") from exc

@@ -148,6 +148,12 @@ class VideoDeleted(BaseModel):
     deleted: bool = True
 
 
+class BatchDeleted(BaseModel):
+    id: str
+    object: Literal["image.batch.deleted"] = "image.batch.deleted"
+    deleted: bool = True
+
+
 class ImageGenerationRequest(_Body):
     """POST /v1/images/generations: text-to-image as a one-frame T2V."""
 

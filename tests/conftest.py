@@ -10,19 +10,23 @@ from typing import Any
 import httpx
 import pytest
 import ray
+from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 from serve_app.app import build_app
 from tests.s3server import free_port
 
 APP = "wan"
-METRICS_PORT = free_port()
 TINY_MODELS = ["tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v", "tiny-a14b"]
+OWN_RAY = ("test_cluster.py", "test_restart.py")  # these start and stop Ray themselves
+POLL_S = 0.1  # how often tests poll, as a client would; faster only loads the 2 cores the app runs on
+APP_READY_S = 240  # six tiny twins load in about 30 s; the deadline tells a slow start from one that never ends
+Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The cluster tests start Ray on a multi-node cluster of their own: run them before the shared app."""
-    items.sort(key=lambda item: item.path.name != "test_cluster.py")
+    """Tests that start Ray their own way run before the shared app starts it."""
+    items.sort(key=lambda item: item.path.name not in OWN_RAY)
 
 
 def app_args(root: Path, models: list[str], **extra: Any) -> dict[str, Any]:
@@ -33,6 +37,46 @@ def app_args(root: Path, models: list[str], **extra: Any) -> dict[str, Any]:
     }
 
 
+def replica_logs(app: str, deployment: str = "", lines: int = 20) -> str:
+    """The last lines of each replica log of `app` (this Ray session's), for a message that says why."""
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    tails = [f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+             for path in sorted(logs.glob(f"replica_{app}_{deployment}*.log"))]
+    return "\n".join(tails) or f"no replica logs of {app} in {logs}"
+
+
+def metrics_url() -> str:
+    """This node's Prometheus endpoint: the port is Ray's own choice, read back once Ray has bound it."""
+    return f"http://127.0.0.1:{ray.nodes()[0]['MetricsExportPort']}/metrics"
+
+
+def scrape() -> Samples:
+    """Every sample on the node's Prometheus endpoint, by sample name: [(labels, value)]."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(httpx.get(metrics_url(), timeout=30).text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+    return samples
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float | None:
+    """The sum of `name` over the samples carrying `labels` (Ray adds worker and node labels); None if absent."""
+    found = [v for lab, v in samples.get(name, []) if all(lab.get(k) == w for k, w in labels.items())]
+    return sum(found) if found else None
+
+
+def scrape_until(check: Callable[[Samples], bool], what: str, timeout_s: float = 60, logs_of: str = "") -> Samples:
+    """The node's metrics once `check` holds of them (Ray reports each second); on a timeout, with the logs of
+    `logs_of`'s replicas, so a metric that never comes is told from a slow one."""
+    deadline = time.monotonic() + timeout_s
+    while not check(samples := scrape()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} never showed on {metrics_url()} within {timeout_s} s\n"
+                                 + (replica_logs(APP, logs_of) if logs_of else ""))
+        time.sleep(0.5)
+    return samples
+
+
 @pytest.fixture(scope="session")
 def serve_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shared app's job database and storage root."""
@@ -41,15 +85,26 @@ def serve_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def serve_url(serve_root: Path) -> Iterator[str]:
-    port = free_port()
-    # Metrics on a known port, reported every second, so tests can read them off the Prometheus endpoint.
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, _metrics_export_port=METRICS_PORT,
+    """The shared app, ready: every generator loaded and its first metrics exported (the readiness gate)."""
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
              _system_config={"metrics_report_interval_ms": 1000})
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(app_args(serve_root, TINY_MODELS)), name=APP, route_prefix="/")
+    scrape_until(lambda s: all(metric(s, "ray_wan_model_load_seconds_count", model=m) for m in TINY_MODELS),
+                 "every generator's model load", timeout_s=APP_READY_S, logs_of="Generator")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def settled(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test on the shared app leaves no job behind to slow or skew the next one: it waits for them to end."""
+    yield
+    if "serve_url" in request.fixturenames:
+        tracker = serve.get_deployment_handle("JobTracker", APP)
+        until(lambda: not tracker.queue.remote().result(), 240, "the shared app's jobs to end")
 
 
 @pytest.fixture
@@ -63,7 +118,7 @@ def until(check: Callable[[], Any], timeout_s: float, what: str) -> float:
     started = time.monotonic()
     while not check():
         assert time.monotonic() - started < timeout_s, f"{what} did not happen within {timeout_s} s"
-        time.sleep(0.2)
+        time.sleep(POLL_S)
     return time.monotonic() - started
 
 
@@ -76,17 +131,4 @@ def wait_for(client: httpx.Client, video_id: str, until: set[str], timeout_s: fl
             return video
         if time.monotonic() > deadline:
             raise AssertionError(f"{video_id} still {video['status']} after {timeout_s}s: {video}")
-        time.sleep(0.05)
-
-
-def scrape_until(names: set[str], timeout_s: float = 60) -> str:
-    """The node's Prometheus text once every metric in `names` is in it (metrics are reported each second)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
-        missing = {n for n in names if f"\n{n}" not in text and f"\n{n}{{" not in text}
-        if not missing:
-            return text
-        if time.monotonic() > deadline:
-            raise AssertionError(f"metrics never exported: {sorted(missing)}")
-        time.sleep(0.5)
+        time.sleep(POLL_S)

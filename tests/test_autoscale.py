@@ -7,7 +7,7 @@ import httpx
 from ray import serve
 
 from serve_app.app import build_app
-from serve_app.router import generator_name
+from serve_app.config import generator_name
 from tests.conftest import app_args, until, wait_for
 
 DONE = {"completed", "failed", "cancelled"}

@@ -20,7 +20,7 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
 from serve_app.app import build_app
-from serve_app.router import generator_name
+from serve_app.config import generator_name
 from tests.conftest import until, wait_for
 from tests.media import probe
 from tests.s3server import free_port

@@ -8,8 +8,7 @@ import pytest
 import yaml
 
 from serve_app.app import ConfigError, generator_options, load_config
-from serve_app.config import ModelConfig
-from serve_app.router import generator_name
+from serve_app.config import ModelConfig, generator_name
 
 CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
 

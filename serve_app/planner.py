@@ -1,0 +1,97 @@
+"""Planning: a resolved, checked request becomes the ordered stages of its Plan, with typed parameters.
+
+The router decides what to make; this module writes down how: generate, extend, interpolate, encode (each
+output a frame range of a clip, the seams of a long video included), upload, notify.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from deployments.plan import (
+    Encode,
+    EncodeParams,
+    Extend,
+    ExtendParams,
+    FlowInputs,
+    Generate,
+    GenerateParams,
+    Interpolate,
+    InterpolateParams,
+    Notify,
+    NotifyParams,
+    Output,
+    Plan,
+    Stage,
+    Upload,
+    UploadParams,
+)
+from deployments.storage import job_prefix
+from pipelines.extend import Method, segments
+from pipelines.interpolate import interpolated_count
+from pipelines.request import GenerationRequest
+from pipelines.variants import Task, Variant
+
+if TYPE_CHECKING:
+    from serve_app.router import Fields, Frames
+
+
+def video_plan(variant: Variant, request: GenerationRequest, inputs: FlowInputs, frames: Frames,
+               extension: tuple[str, Method] | None, fps: int, out_fps: int, job_id: str, fields: Fields
+               ) -> tuple[Plan, int, int]:
+    """The plan of a video (or one-image) job, with the output's frame count and frame rate."""
+    stages: list[Stage] = [Generate(params=GenerateParams(
+        model=variant.name, task=request.task.value, size=f"{request.width}x{request.height}",
+        num_frames=frames.window, num_inference_steps=request.num_inference_steps, seed=request.seed))]
+    steps = request.num_inference_steps
+    parts: list[Output] = []
+    if extension is not None and inputs.extension is not None:
+        model, method = extension
+        steps += inputs.extension.num_inference_steps * frames.extensions
+        stages.append(Extend(params=ExtendParams(model=model, method=method, window=frames.window,
+                                                 overlap=frames.overlap, extensions=frames.extensions)))
+        parts = [Output(name=s.name, format="mp4", start=s.start, stop=min(s.stop, frames.length), fps=fps,
+                        thumbnail=f"{s.name}_thumbnail")
+                 for s in segments(frames.window, frames.overlap, frames.extensions) if s.start < frames.length]
+
+    if request.task is Task.T2I:
+        stages.append(Encode(params=EncodeParams(outputs=[Output(name="image", format="png")])))
+        out_frames, out_fps = 1, fps
+    else:
+        out_frames = frames.length if out_fps == fps else interpolated_count(frames.length, fps, out_fps)
+        primary = Output(name="combined" if parts else "video", format="mp4", stop=out_frames, fps=out_fps,
+                         thumbnail="thumbnail", audio=inputs.audio is not None)
+        if out_fps == fps:
+            stages.append(Encode(params=EncodeParams(outputs=[*parts, primary])))
+        else:
+            if parts:
+                stages.append(Encode(params=EncodeParams(outputs=parts)))
+            stages.append(Interpolate(params=InterpolateParams(src_fps=fps, dst_fps=out_fps,
+                                                               num_frames=frames.length)))
+            stages.append(Encode(params=EncodeParams(outputs=[primary])))
+    stages += final_stages(job_id, fields)
+    return Plan(task=request.task.value, model=variant.name, total_steps=steps, stages=stages), out_frames, out_fps
+
+
+def batch_plan(variant: Variant, requests: list[GenerationRequest], job_id: str, fields: Fields) -> Plan:
+    """One image per request, each a PNG, and one ZIP of them all."""
+    first = requests[0]
+    names = [f"image_{i:03d}" for i in range(len(requests))]
+    outputs = [Output(name=n, clip=i, format="png") for i, n in enumerate(names)]
+    outputs.append(Output(name="images", format="zip", members=names))
+    stages: list[Stage] = [
+        Generate(params=GenerateParams(model=variant.name, task=first.task.value,
+                                       size=f"{first.width}x{first.height}", images=len(requests),
+                                       num_inference_steps=first.num_inference_steps, seed=first.seed)),
+        Encode(params=EncodeParams(outputs=outputs)),
+        *final_stages(job_id, fields),
+    ]
+    return Plan(task=first.task.value, model=variant.name, total_steps=first.num_inference_steps * len(requests),
+                stages=stages)
+
+
+def final_stages(job_id: str, fields: Fields) -> list[Stage]:
+    stages: list[Stage] = [Upload(params=UploadParams(prefix=job_prefix(job_id, fields.session_id)))]
+    if fields.webhook_url:
+        stages.append(Notify(params=NotifyParams(url=fields.webhook_url)))
+    return stages

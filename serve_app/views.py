@@ -1,0 +1,45 @@
+"""Job records as clients see them: one function per wire object, used by the API and the webhook event alike."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from deployments.assets import AssetLinks
+from deployments.jobstore import Job, Upload
+from serve_app.schemas import ImageBatch, SessionUpload, Video, VideoError
+
+
+def _error(job: Job) -> VideoError | None:
+    return VideoError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+
+
+def job_view(job: Job, links: AssetLinks, base: str) -> Video | ImageBatch:
+    """A job as its wire object: an image batch, or a video (a one-frame one for an image); asset URLs under
+    `base` until they are in the bucket."""
+    p = job.params
+    common: dict[str, Any] = dict(
+        id=job.id, created_at=int(job.created_at), completed_at=int(job.completed_at) if job.completed_at else None,
+        status=job.status.value, progress=job.progress, model=job.model, size=p["size"], seed=p["seed"],
+        session_id=job.session_id, error=_error(job), plan=job.plan, upload=job.upload, webhook=job.webhook,
+        assets=links.views(job.kind, job.id, job.assets, base),
+    )
+    if job.kind == "batch":
+        return ImageBatch(**common, prompts=p["prompts"])
+    return Video(
+        **common, prompt=job.prompt, seconds=p["seconds"], task=job.task, num_frames=p["num_frames"], fps=p["fps"],
+        num_inference_steps=p["num_inference_steps"], step=job.step, total_steps=job.total_steps, stage=job.stage,
+    )
+
+
+def job_event(job: Job, links: AssetLinks, base: str) -> dict[str, Any]:
+    """The webhook event of an ended job, shaped like OpenAI's webhook events, with the job's wire view."""
+    # One id per job and outcome: it is the webhook-id receivers de-duplicate on, across retries.
+    return {"id": f"evt_{job.id}_{job.status.value}", "object": "event", "type": f"{job.kind}.{job.status.value}",
+            "created_at": int(time.time()), "data": job_view(job, links, base).model_dump()}
+
+
+def upload_view(upload: Upload) -> SessionUpload:
+    return SessionUpload(id=upload.id, session_id=upload.session_id, kind=upload.kind, filename=upload.filename,
+                         content_type=upload.content_type, size_bytes=upload.size_bytes,
+                         created_at=int(upload.created_at), info=upload.info)

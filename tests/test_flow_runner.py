@@ -1,0 +1,287 @@
+"""The FlowRunner's job lifecycle in-process, with fake handles (test doubles for Ray Serve's DeploymentHandles:
+each `.remote()` call starts an asyncio task, which later stages may await as Ray resolves a response).
+
+Every way out of a job ends it exactly once, in the runner: completed, a stage failing, a cancel, the runner's
+own task cancelled, a caller that goes away, a replica shutting down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from deployments import flow
+from deployments.assets import AssetLinks, Encoded
+from deployments.jobs import QueueFull
+from deployments.jobstore import Job, JobStatus
+from deployments.plan import StageFailed, Submission
+from pipelines.request import GenerationCancelled
+from serve_app.config import AppConfig
+from serve_app.router import Fields, Media, route
+from serve_app.views import job_view
+
+OWNER = "SERVE_REPLICA::wan#FlowRunner#test"
+
+
+class FakeHandle:
+    """A fake DeploymentHandle over `target`: `.method.remote(...)` runs the method in a task of its own."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> SimpleNamespace:
+        method = getattr(self._target, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            result = method(*args, **kwargs)
+            return await result if inspect.isawaitable(result) else result
+
+        return SimpleNamespace(remote=lambda *a, **kw: asyncio.ensure_future(call(*a, **kw)))
+
+
+class Tracker:
+    """The JobTracker's contract, in memory; records every finish."""
+
+    def __init__(self, max_active: int = 10) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.finished: list[tuple[str, JobStatus, tuple[str, str] | None]] = []
+        self.deleted: list[str] = []
+        self.max_active = max_active
+
+    def create(self, jobs: list[Job], max_active: int) -> None:
+        if len(self.jobs) + len(jobs) > max_active:
+            raise QueueFull("full")
+        self.jobs.update({j.id: j for j in jobs})
+
+    def stage(self, job_id: str, kind: str) -> bool:
+        return not self.jobs[job_id].cancel_requested
+
+    def finish(self, job_id: str, status: JobStatus, assets: list | None = None, error: tuple | None = None,
+               upload: dict | None = None) -> Job:
+        self.finished.append((job_id, status, error))
+        job = self.jobs[job_id] = replace(self.jobs[job_id], status=status, assets=assets or [])
+        return job
+
+    def cancel(self, job_id: str, delete: bool = False) -> Job:
+        job = self.jobs[job_id] = replace(self.jobs[job_id], cancel_requested=True, delete_requested=delete)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        return self.jobs[job_id]
+
+    def annotate(self, job_id: str, **fields: Any) -> Job:
+        return self.jobs[job_id]
+
+    def delete(self, job_id: str) -> None:
+        self.deleted.append(job_id)
+
+
+class Generator:
+    """Makes "frames" at once, or, with `hold`, only once released; stops when its job is cancelled."""
+
+    def __init__(self, tracker: Tracker, hold: bool = False, fail: bool = False) -> None:
+        self.tracker, self.fail = tracker, fail
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        if not hold:
+            self.release.set()
+
+    async def generate(self, job_id: str, request: Any, segment: int = 0) -> str:
+        self.started.set()
+        while not self.release.is_set():
+            if self.tracker.jobs[job_id].cancel_requested:
+                raise GenerationCancelled("stopped")
+            await asyncio.sleep(0.01)
+        if self.fail:
+            raise StageFailed("generate", "out of memory")
+        return "frames"
+
+
+class Stages:
+    def __init__(self) -> None:
+        self.notified: list[dict] = []
+        self.deleted_assets: list[list] = []
+
+    async def encode(self, *clips: Any, outputs: list, audio: bytes | None = None) -> list[str]:
+        return [await c for c in clips]
+
+    async def upload(self, prefix: str, *encoded: Any) -> tuple[list[dict], None]:
+        for e in encoded:
+            await e
+        return [Encoded("video", "video", "mp4", b"mp4", 64, 32, 5, 16).record(f"{prefix}video.mp4")], None
+
+    async def notify(self, url: str, event: dict) -> dict:
+        self.notified.append(event)
+        return {"delivered": True}
+
+    async def delete(self, assets: list) -> None:
+        self.deleted_assets.append(assets)
+
+
+def submission(job_id: str = "video_1", **fields: Any) -> Submission:
+    config = AppConfig.model_validate({"models": [{"name": "tiny-t2v"}]})
+    routed = route(config, Fields(prompt="x", num_frames=5, **fields), Media(), job_id)
+    job = Job(id=job_id, kind="video", model="tiny-t2v", task=routed.plan.task, prompt="x", params=routed.params,
+              plan=routed.plan.model_dump(), total_steps=routed.plan.total_steps, webhook_url=fields.get("webhook_url"))
+    return Submission(job=job, plan=routed.plan, inputs=routed.inputs)
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A runner wired to fakes; built inside the running loop, as Serve builds it inside the replica's."""
+    context = SimpleNamespace(replica_id=SimpleNamespace(to_full_id_str=lambda: OWNER))
+    monkeypatch.setattr(flow.serve, "get_replica_context", lambda: context)
+
+    def build(hold: bool = False, fail: bool = False) -> SimpleNamespace:
+        tracker, stages = Tracker(), Stages()
+        generator = Generator(tracker, hold, fail)
+        handles = {k: FakeHandle(stages) for k in ("encode", "upload", "notify")}
+        runner = flow.FlowRunner.func_or_class({"tiny-t2v": FakeHandle(generator)}, handles, FakeHandle(tracker))
+
+        async def settle(responses: list) -> None:
+            await asyncio.gather(*responses, return_exceptions=True)
+
+        runner._settle = settle
+        return SimpleNamespace(runner=runner, tracker=tracker, generator=generator, stages=stages)
+
+    return build
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coroutine, timeout=30))
+
+
+async def ended(runner: Any) -> None:
+    await asyncio.gather(*runner._tasks, return_exceptions=True)
+
+
+def test_a_job_is_created_with_its_owner_and_ends_completed_once(world: Any) -> None:
+    async def main() -> None:
+        w = world()
+        [job] = await w.runner.submit([submission()], max_active=4)
+        assert job.owner == OWNER and w.tracker.jobs[job.id].owner == OWNER, "created and claimed in one call"
+        await ended(w.runner)
+        assert w.tracker.finished == [("video_1", JobStatus.COMPLETED, None)]
+        assert [a["key"] for a in w.tracker.jobs["video_1"].assets] == ["generations/video_1/video.mp4"]
+
+    run(main())
+
+
+def test_a_failing_stage_fails_the_job_naming_the_stage(world: Any) -> None:
+    async def main() -> None:
+        w = world(fail=True)
+        await w.runner.submit([submission()], max_active=4)
+        await ended(w.runner)
+        assert w.tracker.finished == [("video_1", JobStatus.FAILED, ("generate_failed", "out of memory"))]
+
+    run(main())
+
+
+def test_a_cancelled_job_stops_and_ends_cancelled(world: Any) -> None:
+    async def main() -> None:
+        w = world(hold=True)
+        await w.runner.submit([submission()], max_active=4)
+        await w.generator.started.wait()
+        w.tracker.cancel("video_1")
+        await ended(w.runner)
+        assert w.tracker.finished == [("video_1", JobStatus.CANCELLED, ("cancelled", "cancelled by request"))]
+
+    run(main())
+
+
+def test_cancelling_the_runner_s_task_still_ends_the_job(world: Any) -> None:
+    async def main() -> None:
+        w = world(hold=True)
+        await w.runner.submit([submission()], max_active=4)
+        await w.generator.started.wait()
+        [task] = w.runner._tasks
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        [(job_id, status, error)] = w.tracker.finished
+        assert (job_id, status, error[0]) == ("video_1", JobStatus.CANCELLED, "cancelled")
+        assert "generate" in error[1], "the message says where it stopped"
+
+    run(main())
+
+
+def test_a_waiting_caller_that_goes_away_cancels_its_jobs_which_still_end(world: Any) -> None:
+    async def main() -> None:
+        w = world(hold=True)
+        work = [submission("img_1"), submission("img_2")]
+        caller = asyncio.create_task(w.runner.submit(work, max_active=4, wait=True))
+        await w.generator.started.wait()
+        caller.cancel()  # as Serve does when the HTTP client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await ended(w.runner)
+        assert sorted(w.tracker.finished) == [("img_1", JobStatus.CANCELLED, ("cancelled", "cancelled by request")),
+                                              ("img_2", JobStatus.CANCELLED, ("cancelled", "cancelled by request"))]
+
+    run(main())
+
+
+def test_a_waiting_caller_gets_the_ended_jobs(world: Any) -> None:
+    async def main() -> None:
+        w = world()
+        jobs = await w.runner.submit([submission("img_1"), submission("img_2")], max_active=4, wait=True)
+        assert [(j.id, j.status) for j in jobs] == [("img_1", JobStatus.COMPLETED), ("img_2", JobStatus.COMPLETED)]
+
+    run(main())
+
+
+def test_a_full_queue_admits_none_and_starts_nothing(world: Any) -> None:
+    async def main() -> None:
+        w = world()
+        with pytest.raises(QueueFull):
+            await w.runner.submit([submission("img_1"), submission("img_2")], max_active=1)
+        assert not w.runner._tasks and not w.tracker.jobs
+
+    run(main())
+
+
+def test_shutdown_waits_for_the_jobs_the_replica_owns(world: Any) -> None:
+    async def main() -> None:
+        w = world(hold=True)
+        await w.runner.submit([submission()], max_active=4)
+        await w.generator.started.wait()
+        shutdown = asyncio.ensure_future(w.runner.__del__())
+        await asyncio.sleep(0.05)
+        assert not shutdown.done(), "a draining replica keeps its running job"
+        w.generator.release.set()
+        await shutdown
+        assert w.tracker.finished == [("video_1", JobStatus.COMPLETED, None)]
+        assert w.runner.__del__() is None, "an idle runner has nothing to wait for"
+
+    run(main())
+
+
+def test_a_job_deleted_while_running_is_removed_by_its_owner_once_stopped(world: Any) -> None:
+    async def main() -> None:
+        w = world(hold=True)
+        await w.runner.submit([submission()], max_active=4)
+        await w.generator.started.wait()
+        w.tracker.cancel("video_1", delete=True)
+        await ended(w.runner)
+        assert w.tracker.finished[0][1] is JobStatus.CANCELLED
+        assert w.tracker.deleted == ["video_1"] and w.stages.deleted_assets == [[]]
+
+    run(main())
+
+
+def test_the_webhook_event_carries_the_same_view_as_the_api(world: Any) -> None:
+    async def main() -> None:
+        w = world()
+        await w.runner.submit([submission(webhook_url="https://example.com/hook")], max_active=4)
+        await ended(w.runner)
+        [event] = w.stages.notified
+        job = w.tracker.jobs["video_1"]
+        assert event["type"] == "video.completed" and event["id"] == "evt_video_1_completed"
+        assert event["data"] == job_view(job, AssetLinks(), "").model_dump()
+
+    run(main())
