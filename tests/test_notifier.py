@@ -104,12 +104,12 @@ def receiver() -> Iterator[Receiver]:
 
 
 def run_deliver(url: str, secret: str | None, *, max_attempts: int = 3, backoff_s: float = 0.01,
-                timeout_s: float = 5.0, event: dict[str, Any] = EVENT) -> Delivery:
+                timeout_s: float = 30.0, event: dict[str, Any] = EVENT) -> Delivery:
     async def go() -> Delivery:
         async with httpx.AsyncClient() as client:
             # The bound only stops a broken retry loop from hanging the suite.
             return await asyncio.wait_for(deliver(client, url, event, secret, max_attempts=max_attempts,
-                                                  backoff_s=backoff_s, timeout_s=timeout_s), timeout=30)
+                                                  backoff_s=backoff_s, timeout_s=timeout_s), timeout=120)
 
     return asyncio.run(go())
 
@@ -242,8 +242,8 @@ def test_notifier_returns_the_delivery_as_a_dict(receiver: Receiver) -> None:
     secret = new_secret()
     receiver.script(500)
     # The deployment's own class, outside Ray: construction and `notify` are plain Python.
-    instance = Notifier.func_or_class(secret, max_attempts=2, backoff_s=0.01, timeout_s=5.0)
-    result = asyncio.run(asyncio.wait_for(instance.notify(receiver.url, EVENT), timeout=30))
+    instance = Notifier.func_or_class(secret, max_attempts=2, backoff_s=0.01, timeout_s=30.0)
+    result = asyncio.run(asyncio.wait_for(instance.notify(receiver.url, EVENT), timeout=120))
     assert result == {"delivered": True, "attempts": 2, "status_code": 200, "error": None}
     for got in receiver.drain():
         assert unwrap(got.body, got.headers, secret).id == EVENT["id"]
