@@ -58,7 +58,6 @@ class JobTracker:
         # Jobs whose flow runner is gone (a restart, a crash) are ended, never left hanging; jobs whose
         # runner lives on (this tracker alone was replaced, as in a redeploy) are left to it.
         self._sweep()
-        self._stop = threading.Event()
         threading.Thread(target=self._keep_up, daemon=True).start()
 
     def _sweep(self) -> None:
@@ -75,7 +74,8 @@ class JobTracker:
     def _keep_up(self) -> None:
         """Refresh the gauges every few seconds, and sweep every SWEEP_INTERVAL_S."""
         last_sweep = time.monotonic()
-        while not self._stop.wait(GAUGE_INTERVAL_S):
+        while True:
+            time.sleep(GAUGE_INTERVAL_S)
             if time.monotonic() - last_sweep >= SWEEP_INTERVAL_S:
                 last_sweep = time.monotonic()
                 self._sweep()
