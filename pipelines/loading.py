@@ -77,8 +77,10 @@ def load_model(
     """Load `variant` once. The VAE stays in float32, as Wan's reference code decodes it."""
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if target.type == "cuda" and gpu_memory_fraction is not None:
-        # Co-located fractional-GPU replicas must not starve each other: cap this process's allocator.
-        torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction, target)
+        # Co-located fractional-GPU replicas must not starve each other: cap this process's allocator. torch takes
+        # an indexed device here (plain "cuda" raises ValueError): "cuda" is the current device, where .to() puts it.
+        index = target.index if target.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(float(gpu_memory_fraction), torch.device("cuda", index))
     source = resolve_source(variant, weights)
     if source == TINY:
         pipe = build_tiny_pipeline(variant.family)

@@ -107,3 +107,47 @@ def audio_info(data: bytes) -> tuple[str, float, int] | None:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
+
+
+def decoded_planes(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The first video stream decoded as the coded YUV 4:2:0 planes and as RGB: (F x 3H/2 x W, F x H x W x 3)."""
+    with av.open(io.BytesIO(data)) as c:
+        frames = list(c.decode(c.streams.video[0]))
+        yuv = np.stack([f.to_ndarray(format="yuv420p") for f in frames])
+        return yuv, np.stack([f.to_ndarray(format="rgb24") for f in frames])
+
+
+def dominant_frequency(data: bytes) -> float:
+    """The peak frequency in Hz of the first audio stream, mixed to mono.
+
+    The strongest bin of a Hann-windowed FFT, refined between bins by a parabola through the log magnitudes, so a
+    1 s clip resolves a tone to well under 1 Hz. Silence has no peak worth the name: check `audio_rms` as well.
+    """
+    mono, rate = _mono_samples(data)
+    spectrum = np.abs(np.fft.rfft(mono * np.hanning(len(mono))))
+    peak = int(np.argmax(spectrum[1:-1])) + 1  # not DC, and a neighbour on each side to interpolate with
+    left, centre, right = np.log(spectrum[peak - 1 : peak + 2] + 1e-12)
+    curvature = left - 2 * centre + right
+    offset = 0.5 * (left - right) / curvature if curvature else 0.0  # flat (silence): the bin itself
+    return float((peak + offset) * rate / len(mono))
+
+
+def audio_rms(data: bytes) -> float:
+    """The RMS level of the first audio stream, mixed to mono; 1.0 is full scale (a full-scale sine: 0.707)."""
+    mono, _ = _mono_samples(data)
+    return float(np.sqrt(np.mean(mono**2)))
+
+
+def _mono_samples(data: bytes) -> tuple[np.ndarray, int]:
+    """The first audio stream decoded to float64 samples at full scale 1.0, channels averaged, and its rate."""
+    with av.open(io.BytesIO(data)) as c:
+        stream = c.streams.audio[0]
+        chunks = [frame.to_ndarray() for frame in c.decode(stream)]
+        ctx = stream.codec_context
+        planar, channels, rate = ctx.format.is_planar, ctx.channels, ctx.sample_rate
+    samples = np.concatenate(chunks, axis=-1).astype(np.float64)  # planar: channels x n; packed: 1 x n*channels
+    if not planar:
+        samples = samples.reshape(-1, channels).T
+    if np.issubdtype(chunks[0].dtype, np.integer):  # s16, s32: scaled as the float formats are
+        samples /= np.iinfo(chunks[0].dtype).max
+    return samples.mean(axis=0), rate

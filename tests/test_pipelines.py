@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipelines.generate import generate
@@ -115,6 +116,30 @@ def test_from_pretrained_round_trip_offline(models: dict, tmp_path, monkeypatch:
         assert type(loaded.pipeline) is type(original.pipeline)
         req = request_for(name, TWIN_TASK[name])
         assert np.array_equal(generate(original, req), generate(loaded, req))
+
+
+class _CappedBeforeMoving(Exception):
+    """Raised by the fake cap: load_model stops there, before anything would need a real GPU."""
+
+
+@pytest.mark.parametrize(("device", "index"), [(None, 3), ("cuda", 3), ("cuda:1", 1)])
+def test_gpu_memory_cap_goes_to_an_indexed_device(monkeypatch: pytest.MonkeyPatch, device: str | None,
+                                                  index: int) -> None:
+    """The CUDA branch on a CPU: the cap gets the fraction and an indexed device, as torch itself demands."""
+    calls: list[tuple[float, int]] = []
+
+    def set_per_process_memory_fraction(fraction: float, device: torch.device | int | None = None) -> None:
+        # What torch does with its arguments before the CUDA call: a device without an index raises ValueError.
+        calls.append((fraction, torch._utils._get_device_index(device, optional=False)))
+        assert isinstance(fraction, float)
+        raise _CappedBeforeMoving
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_per_process_memory_fraction)
+    with pytest.raises(_CappedBeforeMoving):
+        load_model(get_variant("tiny-t2v"), device=device, gpu_memory_fraction=0.5)
+    assert calls == [(0.5, index)]
 
 
 @pytest.mark.parametrize(

@@ -6,17 +6,19 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import boto3
 import httpx
 import pytest
-from botocore.exceptions import BotoCoreError
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.retries.standard import ExponentialBackoff
 from pydantic import ValidationError
 
 from deployments.storage import LocalStorage, S3Config, S3Storage, StorageError, job_prefix, upload_key
-from tests.s3server import DUMMY_CREDENTIALS, free_port, s3_server
+from tests.s3server import DUMMY_CREDENTIALS, FlakyProxy, free_port, s3_server
 
 MIB = 1024 * 1024
 
@@ -153,6 +155,58 @@ def test_unreachable_endpoint_is_a_storage_error() -> None:
         assert isinstance(info.value.__cause__, BotoCoreError)
     with pytest.raises(StorageError, match="s3://wan-outputs"):
         S3Storage(S3Config(bucket="wan-outputs", endpoint_url=closed, max_attempts=1, create_bucket=True))
+
+
+# botocore's standard retry mode sleeps rand(0, 1) * min(base * 2**i, 20) s before retry i + 1 (i from 0), with
+# base 1 s for a throttling error such as SlowDown: jittered down to nothing, so no gap has a lower bound of its
+# own; the cap is what it guarantees. An x-amz-retry-after of r s raises each sleep to at least min(r, sleep + 5).
+SLOW_DOWN_BASE_S = 1.0
+ROUND_TRIP_S = 1.0  # a generous bound on what a loopback request to moto adds to a gap, on a loaded machine
+
+
+def _gaps(proxy: FlakyProxy) -> list[float]:
+    times = [seen.at for seen in proxy.attempts()]
+    return [later - earlier for earlier, later in pairwise(times)]
+
+
+def test_put_retries_a_throttled_upload_with_backoff(endpoint: str, bucket: str) -> None:
+    raw_client(endpoint).create_bucket(Bucket=bucket)
+    failures = 2
+    with FlakyProxy(endpoint, f"/{bucket}/retried.mp4", failures) as proxy:
+        S3Storage(S3Config(bucket=bucket, endpoint_url=proxy.url, max_attempts=failures + 1)).put(
+            "retried.mp4", b"mp4 bytes", "video/mp4")
+
+    assert [(seen.method, seen.status) for seen in proxy.attempts()] == [("PUT", 503)] * failures + [("PUT", 200)]
+    assert raw_client(endpoint).get_object(Bucket=bucket, Key="retried.mp4")["Body"].read() == b"mp4 bytes"
+    gaps = _gaps(proxy)
+    assert all(gap > 0 for gap in gaps), gaps  # in order and apart: all that the jitter itself promises
+    caps = [SLOW_DOWN_BASE_S * 2**i for i in range(failures)]  # 1 s, then 2 s
+    assert all(gap < cap + ROUND_TRIP_S for gap, cap in zip(gaps, caps, strict=True)), gaps
+
+
+@pytest.mark.skipif(not hasattr(ExponentialBackoff, "_RETRY_AFTER_HEADER"),
+                    reason="this botocore's standard mode does not read x-amz-retry-after")
+def test_retries_wait_as_long_as_the_server_asks(endpoint: str, bucket: str) -> None:
+    """The one lower bound on a gap: the server's x-amz-retry-after, which botocore waits out (up to sleep + 5 s)."""
+    raw_client(endpoint).create_bucket(Bucket=bucket)
+    with FlakyProxy(endpoint, f"/{bucket}/later.png", failures=2, retry_after_ms=300) as proxy:
+        S3Storage(S3Config(bucket=bucket, endpoint_url=proxy.url, max_attempts=3)).put("later.png", b"png", "image/png")
+
+    assert [seen.status for seen in proxy.attempts()] == [503, 503, 200]
+    assert all(gap >= 0.3 for gap in _gaps(proxy)), _gaps(proxy)
+
+
+def test_put_gives_up_after_max_attempts(endpoint: str, bucket: str) -> None:
+    raw_client(endpoint).create_bucket(Bucket=bucket)
+    failures = 2
+    with FlakyProxy(endpoint, f"/{bucket}/lost.mp4", failures) as proxy:
+        storage = S3Storage(S3Config(bucket=bucket, endpoint_url=proxy.url, max_attempts=failures))
+        with pytest.raises(StorageError, match=f"s3://{bucket}/lost.mp4.*SlowDown"):
+            storage.put("lost.mp4", b"mp4 bytes", "video/mp4")
+
+    assert [seen.status for seen in proxy.attempts()] == [503] * failures  # no attempt past the limit
+    with pytest.raises(ClientError, match="404"):
+        head(endpoint, bucket, "lost.mp4")
 
 
 def test_config_validation() -> None:
