@@ -88,7 +88,7 @@ class Gateway:
         self._max_bytes = config.max_upload_mb * 2**20
         self._poll = {"openai-poll-after-ms": str(config.poll_after_ms)}
 
-    def _view(self, job: Job, request: Request) -> Any:
+    def _view(self, job: Job, request: Request) -> Video | ImageBatch:
         return job_view(job, self._links, self._config.public_url or str(request.base_url))
 
     async def _job(self, job_id: str, kind: str = "video") -> Job:
