@@ -107,6 +107,28 @@ def test_cancel_stops_within_a_step_before_the_vae_decode(models: dict) -> None:
         del m.pipeline.vae.decode
 
 
+@pytest.mark.parametrize("outcome", ["completed", "cancelled", "failed"])
+def test_offload_hooks_are_freed_in_every_way_out(models: dict, monkeypatch: pytest.MonkeyPatch,
+                                                   outcome: str) -> None:
+    """With CPU offload, diffusers frees its hooks (models back to the CPU) only after a call completes; a
+    cancelled or failed generation must free them too, or an expert stays on the GPU for the next job."""
+    m = model(models, "tiny-t2v")
+    freed: list[int] = []
+    monkeypatch.setattr(m.pipeline, "maybe_free_model_hooks", lambda: freed.append(1))
+
+    def on_step(done: int, total: int) -> bool:
+        if outcome == "failed":
+            raise RuntimeError("CUDA out of memory")
+        return outcome == "completed"
+
+    if outcome == "completed":
+        generate(m, request_for("tiny-t2v", Task.T2V, steps=2), on_step)
+    else:
+        with pytest.raises((GenerationCancelled, RuntimeError)):
+            generate(m, request_for("tiny-t2v", Task.T2V, steps=2), on_step)
+    assert freed, f"hooks not freed after a {outcome} generation"
+
+
 def test_from_pretrained_round_trip_offline(models: dict, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for name in ("tiny-i2v", "tiny-a14b"):
