@@ -36,6 +36,14 @@ RESOLUTIONS_480 = {"480p": (832, 480), "480p-portrait": (480, 832)}
 RESOLUTIONS_512 = {"512p": (912, 512), "512p-portrait": (512, 912)}
 RESOLUTIONS_720 = {"720p": (1280, 720), "720p-portrait": (720, 1280)}
 RESOLUTIONS_TINY = {"tiny": (64, 32), "tiny-portrait": (32, 64)}
+AREA_480P = 832 * 480
+# Upstream Wan's default negative prompt (wan/configs/shared_config.py), which every official example sends;
+# its fullwidth commas are upstream's.
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"  # noqa: RUF001
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"  # noqa: RUF001
+    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"  # noqa: RUF001
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,8 @@ class Variant:
     guidance_scale: float = 5.0
     guidance_scale_2: float | None = None
     flow_shift: float = 3.0
+    flow_shift_480p: float | None = None  # where upstream shifts less at 480p than at the larger sizes
+    negative_prompt: str = WAN_NEGATIVE_PROMPT
     boundary_ratio: float | None = None
     tiny: bool = False
     description: str = ""
@@ -68,6 +78,12 @@ class Variant:
     @property
     def max_area(self) -> int:
         return max(w * h for w, h in self.sizes.values())
+
+    def flow_shift_for(self, width: int, height: int) -> float:
+        """The scheduler shift for an output size: Wan 2.1 14B models take 3.0 at 480p and 5.0 at 720p."""
+        if self.flow_shift_480p is not None and width * height <= AREA_480P:
+            return self.flow_shift_480p
+        return self.flow_shift
 
     def frames_for_seconds(self, seconds: float) -> int:
         """Map a duration onto the 4k+1 grid at the native fps: 5 s at 16 fps -> 81 frames."""
@@ -96,13 +112,13 @@ CATALOG: dict[str, Variant] = _catalog(
             RESOLUTIONS_480, "480p", guidance_scale=5.0, flow_shift=3.0,
             description="Wan 2.1 text-to-video, 1.3B; 480p"),
     Variant("Wan2.1-T2V-14B", Family.T2V, "Wan-AI/Wan2.1-T2V-14B-Diffusers", _T2V, 16,
-            RESOLUTIONS_480 | RESOLUTIONS_720, "720p", flow_shift=5.0,
+            RESOLUTIONS_480 | RESOLUTIONS_720, "720p", flow_shift=5.0, flow_shift_480p=3.0,
             description="Wan 2.1 text-to-video, 14B; 480p and 720p"),
     Variant("Wan2.1-I2V-14B-480P", Family.I2V, "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", (Task.I2V,), 16,
-            RESOLUTIONS_480, "480p", flow_shift=3.0,
+            RESOLUTIONS_480, "480p", steps=40, flow_shift=3.0,
             description="Wan 2.1 image-to-video, 14B; 480p"),
     Variant("Wan2.1-I2V-14B-720P", Family.I2V, "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers", (Task.I2V,), 16,
-            RESOLUTIONS_720, "720p", flow_shift=5.0,
+            RESOLUTIONS_720, "720p", steps=40, flow_shift=5.0,
             description="Wan 2.1 image-to-video, 14B; 720p"),
     Variant("Wan2.1-FLF2V-14B-720P", Family.FLF2V, "Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers", (Task.FLF2V,), 16,
             RESOLUTIONS_720, "720p", flow_shift=16.0,
@@ -111,7 +127,7 @@ CATALOG: dict[str, Variant] = _catalog(
             RESOLUTIONS_480 | RESOLUTIONS_512, "480p", flow_shift=3.0,
             description="Wan 2.1 VACE all-in-one editing, 1.3B; 480p"),
     Variant("Wan2.1-VACE-14B", Family.VACE, "Wan-AI/Wan2.1-VACE-14B-diffusers", _VACE, 16,
-            RESOLUTIONS_480 | RESOLUTIONS_512 | RESOLUTIONS_720, "720p", flow_shift=5.0,
+            RESOLUTIONS_480 | RESOLUTIONS_512 | RESOLUTIONS_720, "720p", flow_shift=5.0, flow_shift_480p=3.0,
             description="Wan 2.1 VACE all-in-one editing, 14B; 480p and 720p"),
     # --- Wan 2.2 --------------------------------------------------------------------------------
     Variant("Wan2.2-T2V-A14B", Family.A14B, "Wan-AI/Wan2.2-T2V-A14B-Diffusers", (Task.T2V, Task.T2I), 16,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,11 +12,22 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from ray.serve.config import AutoscalingConfig
 
 from deployments.storage import S3Config
-from pipelines.variants import CATALOG, Task, get_variant
+from pipelines.variants import CATALOG, Task, Variant, get_variant
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QualityDefaults(_Strict):
+    """What a request leaves out, per model; unset fields keep the catalog's (upstream Wan's own defaults)."""
+
+    negative_prompt: str | None = Field(None, description='sent when a request has none; "" sends none')
+    num_inference_steps: int | None = Field(None, ge=1, le=200)
+    guidance_scale: float | None = Field(None, ge=0, le=20)
+    guidance_scale_2: float | None = Field(None, ge=0, le=20, description="the low-noise expert's (A14B models)")
+    flow_shift: float | None = Field(None, gt=0, le=50, description="at every size, replacing the catalog's "
+                                                                   "480p shift too")
 
 
 class ModelConfig(_Strict):
@@ -24,7 +36,9 @@ class ModelConfig(_Strict):
     name: str = Field(description="a variant from the catalog, e.g. Wan2.1-T2V-1.3B or tiny-t2v")
     weights: str | None = Field(None, description='"tiny", a local Diffusers directory or a hub id; '
                                                   "unset: the variant's own repo (tiny twins: built offline)")
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Literal["bfloat16", "float32"] = Field(
+        "bfloat16", description="of the transformer and text encoder on a GPU (the VAE and CLIP stay float32); "
+                                "no float16: Wan's UMT5 text encoder overflows in it")
     device: str | None = None
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
     cpu_offload: bool = False
@@ -34,6 +48,7 @@ class ModelConfig(_Strict):
     autoscaling_config: dict[str, Any] | None = None
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
     max_queued_jobs: int = Field(64, ge=1, description="queued + running jobs before 429")
+    defaults: QualityDefaults = QualityDefaults()
     graceful_shutdown_timeout_s: float = Field(600, gt=0, description="longer than one generation")
 
     @field_validator("name")
@@ -63,7 +78,20 @@ class ModelConfig(_Strict):
             if task not in variant.tasks:
                 raise ValueError(f"{self.name} cannot be the default for {task.value}: it does "
                                  f"{', '.join(t.value for t in variant.tasks)}")
+        if self.defaults.guidance_scale_2 is not None and variant.boundary_ratio is None:
+            raise ValueError(f"{self.name} has one expert: defaults.guidance_scale_2 is for the A14B models")
         return self
+
+    @property
+    def variant(self) -> Variant:
+        """The catalog entry with this model's quality defaults applied: what requests are resolved against."""
+        d = self.defaults
+        changes = {key: value for key, value in dict(
+            negative_prompt=d.negative_prompt, steps=d.num_inference_steps, guidance_scale=d.guidance_scale,
+            guidance_scale_2=d.guidance_scale_2, flow_shift=d.flow_shift).items() if value is not None}
+        if d.flow_shift is not None:
+            changes["flow_shift_480p"] = None
+        return replace(get_variant(self.name), **changes)
 
     @property
     def num_gpus(self) -> float:
@@ -129,6 +157,12 @@ class AppConfig(_Strict):
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def variant(self, name: str) -> Variant:
+        """A served model's variant, with its configured defaults."""
+        model = self.model(name)
+        assert model is not None, f"{name} is not served"
+        return model.variant
 
     def default_model(self, task: Task) -> str | None:
         """The model named default for `task`, else the first served model that can do it."""

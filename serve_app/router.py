@@ -21,7 +21,7 @@ from deployments.plan import FlowInputs, Plan
 from pipelines.conditioning import binary_mask, fit_clip, grid_ceil, pad_frames
 from pipelines.extend import Method, extended_length, extensions_to_cover
 from pipelines.request import GenerationRequest, InvalidRequest, check_frames, check_request, check_size
-from pipelines.variants import CATALOG, Family, Task, Variant
+from pipelines.variants import Family, Task, Variant
 from pipelines.video import resample_frames
 from serve_app import planner
 from serve_app.config import AppConfig
@@ -55,7 +55,7 @@ class Fields:
     seconds: float | None = None
     num_frames: int | None = None
     fps: int | None = None
-    negative_prompt: str = ""
+    negative_prompt: str | None = None  # None: the model's default; "": none
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     guidance_scale_2: float | None = None
@@ -139,12 +139,12 @@ def choose_variant(config: AppConfig, fields: Fields, media: Media, first: np.nd
             task, name = Task.VACE, config.default_model(Task.VACE)
         if name is None:
             raise InvalidRequest("model", f"no served model does {task.value}", code="unsupported_task")
-        return CATALOG[name], task
+        return config.variant(name), task
     if config.model(fields.model) is None:
         served = ", ".join(m.name for m in config.models)
         raise InvalidRequest("model", f"model {fields.model!r} is not served here; served: {served}",
                              code="model_not_found")
-    variant = CATALOG[fields.model]
+    variant = config.variant(fields.model)
     task = infer_task(fields, media, first, last, variant)
     if task in (Task.I2V, Task.FLF2V) and task not in variant.tasks and Task.VACE in variant.tasks \
             and keyframe_fallback:
@@ -180,7 +180,7 @@ def extension_model(config: AppConfig, variant: Variant, needs_vace: bool) -> tu
             return variant, method
     for task, method in choices:
         if (name := config.default_model(task)) is not None:
-            return CATALOG[name], method
+            return config.variant(name), method
     needed = "a VACE model" if needs_vace else "a VACE or image-to-video model"
     raise InvalidRequest("extensions", f"extending needs {needed}, and none is served", code="unsupported_task")
 
@@ -276,12 +276,13 @@ def generation_request(variant: Variant, task: Task, fields: Fields, width: int,
     def given(value: float | None, default: float) -> float:
         return default if value is None else value
 
+    negative = variant.negative_prompt if fields.negative_prompt is None else fields.negative_prompt
     return GenerationRequest(
-        task=task, prompt=fields.prompt, negative_prompt=fields.negative_prompt, width=width, height=height,
+        task=task, prompt=fields.prompt, negative_prompt=negative, width=width, height=height,
         num_frames=frames, num_inference_steps=fields.num_inference_steps or variant.steps,
         guidance_scale=given(fields.guidance_scale, variant.guidance_scale),
         guidance_scale_2=variant.guidance_scale_2 if fields.guidance_scale_2 is None else fields.guidance_scale_2,
-        flow_shift=given(fields.flow_shift, variant.flow_shift), seed=seed,
+        flow_shift=given(fields.flow_shift, variant.flow_shift_for(width, height)), seed=seed,
         denoise_strength=denoise_strength(fields),
     )
 

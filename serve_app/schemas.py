@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from pipelines.variants import Task
 
+NEGATIVE_PROMPT = "unset: the model's default (upstream Wan's); an empty string for none"
 VideoStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 ReferenceMode = Literal["none", "single", "start", "end", "both"]
 
@@ -30,7 +31,7 @@ class VideoCreateRequest(_Body):
     input_reference: str | dict[str, str] | None = None
     # Wan extensions
     task: Task | None = None
-    negative_prompt: str = Field("", max_length=4000)
+    negative_prompt: str | None = Field(None, max_length=4000, description=NEGATIVE_PROMPT)
     num_frames: int | None = Field(None, ge=1)
     fps: int | None = Field(None, ge=1, le=120, description="playback rate of the MP4; default: native")
     num_inference_steps: int | None = Field(None, ge=1)
@@ -165,7 +166,7 @@ class ImageGenerationRequest(_Body):
     quality: str | None = None
     style: str | None = None
     user: str | None = None
-    negative_prompt: str = Field("", max_length=4000)
+    negative_prompt: str | None = Field(None, max_length=4000, description=NEGATIVE_PROMPT)
     num_inference_steps: int | None = Field(None, ge=1)
     guidance_scale: float | None = None
     flow_shift: float | None = None
@@ -178,7 +179,7 @@ class ImageBatchRequest(_Body):
     prompts: list[str] = Field(min_length=1)
     model: str | None = None
     size: str | None = None
-    negative_prompt: str = Field("", max_length=4000)
+    negative_prompt: str | None = Field(None, max_length=4000, description=NEGATIVE_PROMPT)
     num_inference_steps: int | None = Field(None, ge=1)
     guidance_scale: float | None = None
     flow_shift: float | None = None

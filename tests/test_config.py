@@ -40,6 +40,9 @@ def test_embedded_default_serves_every_tiny_family_on_cpu() -> None:
          "not both"),
         ({"models": [{"name": "tiny-t2v"}, {"name": "tiny-t2v"}]}, "listed once"),
         ({"models": [{"name": "tiny-t2v", "gpu_fraction": 0.5}]}, "gpu_fraction"),
+        ({"models": [{"name": "Wan2.1-T2V-14B", "dtype": "float16"}]}, "dtype"),  # UMT5 overflows in float16
+        ({"models": [{"name": "tiny-t2v", "defaults": {"guidance_scale_2": 3.0}}]}, "one expert"),
+        ({"models": [{"name": "tiny-t2v", "defaults": {"steps": 30}}]}, "steps"),
     ],
 )
 def test_bad_config_fails_at_startup_with_a_clear_message(args: dict, message: str) -> None:

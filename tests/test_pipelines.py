@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from pipelines.generate import generate
-from pipelines.loading import load_model, save_model
+from pipelines.loading import _float32_components, load_model, save_model
 from pipelines.request import GenerationCancelled, GenerationRequest, InvalidRequest, check_request
 from pipelines.variants import CATALOG, Family, Task, get_variant
 from pipelines.video import MediaError, decode_image, decode_video, encode_mp4, thumbnail_webp
@@ -138,6 +138,10 @@ def test_from_pretrained_round_trip_offline(models: dict, tmp_path, monkeypatch:
         assert type(loaded.pipeline) is type(original.pipeline)
         req = request_for(name, TWIN_TASK[name])
         assert np.array_equal(generate(original, req), generate(loaded, req))
+    # whatever dtype the rest takes on a GPU, the VAE and (Wan 2.1 I2V's) CLIP image encoder load in float32
+    kept = _float32_components(str(tmp_path / "tiny-i2v"))
+    assert {k: m.dtype for k, m in kept.items()} == {"vae": torch.float32, "image_encoder": torch.float32}
+    assert set(_float32_components(str(tmp_path / "tiny-a14b"))) == {"vae"}, "Wan 2.2 has no CLIP"
 
 
 class _CappedBeforeMoving(Exception):

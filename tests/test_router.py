@@ -15,8 +15,8 @@ import pytest
 from deployments.jobs import QueueFull
 from deployments.plan import Encode, Extend, Generate, Interpolate, Notify, Upload
 from pipelines.request import InvalidRequest
-from pipelines.variants import Task
-from serve_app.config import AppConfig
+from pipelines.variants import WAN_NEGATIVE_PROMPT, Task
+from serve_app.config import AppConfig, ModelConfig
 from serve_app.errors import as_api_error
 from serve_app.router import Fields, Media, route, route_batch
 
@@ -199,3 +199,30 @@ def test_serve_app_modules_import_no_torch(module: str) -> None:
     code = f"import sys, serve_app.{module}; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_default_negative_prompt_is_upstream_s_and_an_empty_one_means_none() -> None:
+    assert plan_of(Fields(prompt="x")).inputs.requests[0].negative_prompt == WAN_NEGATIVE_PROMPT
+    assert plan_of(Fields(prompt="x", negative_prompt="")).inputs.requests[0].negative_prompt == ""
+    assert plan_of(Fields(prompt="x", negative_prompt="blur")).inputs.requests[0].negative_prompt == "blur"
+    own = route(config(["tiny-t2v"]).model_copy(update={"models": [ModelConfig(
+        name="tiny-t2v", defaults={"negative_prompt": "watermark"})]}), Fields(prompt="x"), Media(), "video_test")
+    assert own.inputs.requests[0].negative_prompt == "watermark"
+
+
+@pytest.mark.parametrize(("size", "shift"), [("480p", 3.0), ("480p-portrait", 3.0), ("720p", 5.0)])
+def test_flow_shift_follows_the_resolution_as_upstream(size: str, shift: float) -> None:
+    routed = plan_of(Fields(prompt="x", size=size), models=["Wan2.1-T2V-14B"])
+    assert routed.inputs.requests[0].flow_shift == shift
+    assert plan_of(Fields(prompt="x", size=size, flow_shift=7.0),
+                   models=["Wan2.1-T2V-14B"]).inputs.requests[0].flow_shift == 7.0, "a value sent wins"
+
+
+def test_configured_defaults_replace_the_catalog_s() -> None:
+    configured = AppConfig.model_validate({"models": [{"name": "Wan2.1-T2V-14B", "defaults": {
+        "flow_shift": 8.0, "num_inference_steps": 30, "guidance_scale": 6.0}}]})
+    request = route(configured, Fields(prompt="x", size="480p"), Media(), "video_test").inputs.requests[0]
+    assert (request.flow_shift, request.num_inference_steps, request.guidance_scale) == (8.0, 30, 6.0)
+    i2v = route(AppConfig.model_validate({"models": [{"name": "Wan2.1-I2V-14B-480P"}]}), Fields(prompt="x"),
+                Media(image=np.zeros((480, 832, 3), np.uint8)), "video_test")
+    assert i2v.inputs.requests[0].num_inference_steps == 40, "upstream's steps for Wan 2.1 I2V"
