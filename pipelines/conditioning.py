@@ -6,6 +6,7 @@ Masks are FxHxW uint8 where 255 means "generate here" and 0 means "keep the sour
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import cv2
@@ -13,6 +14,7 @@ import numpy as np
 
 GRAY = 127  # VACE's neutral value for frames it should invent
 FitMode = Literal["crop", "pad"]
+ResizePolicy = Literal["center_crop", "pad", "stretch"]
 
 
 def grid_ceil(num_frames: int, multiple: int = 4) -> int:
@@ -59,6 +61,24 @@ def fit_clip(
     region = np.full((len(frames), height, width), 255, np.uint8)
     region[:, top : top + sh, left : left + sw] = 0 if mask is None else mask
     return canvas, region
+
+
+def size_for_image(image: np.ndarray, max_area: int, multiple: int) -> tuple[int, int]:
+    """(width, height) with the image's aspect ratio, as large as fits in `max_area`, on the size grid: how
+    upstream Wan and the diffusers examples size an image-to-video output."""
+    aspect = image.shape[0] / image.shape[1]
+    height = max(multiple, math.isqrt(int(max_area * aspect)) // multiple * multiple)
+    width = max(multiple, math.isqrt(int(max_area / aspect)) // multiple * multiple)
+    return width, height
+
+
+def fit_image(image: np.ndarray, width: int, height: int, policy: ResizePolicy) -> np.ndarray:
+    """An HxWx3 image at width x height: scaled to cover and centre-cropped, scaled to fit and padded with gray,
+    or stretched (the one policy that changes its proportions)."""
+    if policy == "stretch":
+        return _resize(image[None], width, height, cv2.INTER_AREA)[0]
+    fitted, _ = fit_clip(image[None], None, width, height, "crop" if policy == "center_crop" else "pad")
+    return fitted[0]
 
 
 def binary_mask(frames: np.ndarray, invert: bool = False) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from deployments.plan import FlowInputs, Plan
-from pipelines.conditioning import binary_mask, fit_clip, grid_ceil, pad_frames
+from pipelines.conditioning import ResizePolicy, binary_mask, fit_clip, fit_image, grid_ceil, pad_frames, size_for_image
 from pipelines.extend import Method, extended_length, extensions_to_cover
 from pipelines.request import GenerationRequest, InvalidRequest, check_frames, check_request, check_size
 from pipelines.variants import Family, Task, Variant
@@ -66,6 +66,7 @@ class Fields:
     reference_strength: float | None = None
     invert_mask: bool = False
     edit_mode: str = "inpaint"
+    resize_policy: ResizePolicy = "center_crop"
     extensions: int | None = None
     overlap_frames: int | None = None
     target_fps: int | None = None
@@ -186,6 +187,14 @@ def extension_model(config: AppConfig, variant: Variant, needs_vace: bool) -> tu
 
 
 # --- 2. resolve sizes, frames and defaults ---------------------------------------------------------
+
+
+def output_size(variant: Variant, size: str | None, image: np.ndarray | None) -> tuple[int, int]:
+    """The size asked for; without one, an image's aspect ratio within the model's largest preset area, else
+    the model's default preset."""
+    if size is None and image is not None:
+        return size_for_image(image, variant.max_area, variant.size_multiple)
+    return parse_size(variant, size)
 
 
 def parse_size(variant: Variant, size: str | None) -> tuple[int, int]:
@@ -314,13 +323,14 @@ def route(config: AppConfig, fields: Fields, media: Media, job_id: str) -> Route
     first, last = place_references(fields, media)
     variant, task = choose_variant(config, fields, media, first, last)
 
-    # 2. resolve the size, the source clip, the frames and every default against the variant
-    width, height = parse_size(variant, fields.size)
+    # 2. resolve the size, the images and the source clip fitted to it, the frames, and every default
+    width, height = output_size(variant, fields.size, first if first is not None else last)
+    first, last, reference = (None if i is None else fit_image(i, width, height, fields.resize_policy)
+                              for i in (first, last, media.reference_image))
     source, source_mask = fitted_source(variant, fields, media, width, height)
     frames = video_frames(config, variant, task, fields, source)
     request = generation_request(variant, task, fields, width, height, frames.window, new_seed(fields))
-    request = replace(request, image=first, last_image=last,
-                      reference_images=[media.reference_image] if media.reference_image is not None else [])
+    request = replace(request, image=first, last_image=last, reference_images=[] if reference is None else [reference])
     if source is not None:
         request = replace(request, video=pad_frames(source, frames.window),
                           mask=None if source_mask is None else pad_frames(source_mask, frames.window))
@@ -339,7 +349,8 @@ def route(config: AppConfig, fields: Fields, media: Media, job_id: str) -> Route
     plan, out_frames, out_fps = planner.video_plan(
         variant, request, inputs, frames, extension, fps, interpolation_target(fields, fps), job_id, fields)
     params = {"size": f"{width}x{height}", "num_frames": out_frames, "fps": out_fps, "seed": request.seed,
-              "seconds": f"{max(out_frames - 1, 0) / out_fps:g}", "num_inference_steps": request.num_inference_steps}
+              "seconds": f"{max(out_frames - 1, 0) / out_fps:g}", "num_inference_steps": request.num_inference_steps,
+              "resize_policy": fields.resize_policy if any(i is not None for i in (first, last, reference)) else None}
     return Routed(variant=variant, plan=plan, inputs=inputs, params=params)
 
 

@@ -49,6 +49,10 @@ class VideoCreateRequest(_Body):
     denoise_strength: float | None = Field(None, gt=0, le=1, description="video-to-video: how much to change")
     reference_strength: float | None = Field(None, ge=0, lt=1, description="legacy: 1 - denoise_strength")
     invert_mask: bool = Field(False, description="the mask video marks what to keep, not what to change")
+    resize_policy: Literal["center_crop", "pad", "stretch"] = Field(
+        "center_crop", description="how images (first, last, reference) fit the output size: cover and crop the "
+                                   "centre, fit and pad with gray, or stretch; without `size`, the output takes the "
+                                   "first image's aspect ratio")
     edit_mode: Literal["inpaint", "outpaint"] = Field(
         "inpaint", description="fit the source by cropping (inpaint) or pad it and generate the border (outpaint)")
     # multi-stage flows
@@ -109,6 +113,7 @@ class Video(BaseModel):
     fps: int
     seed: int
     num_inference_steps: int
+    resize_policy: str | None = Field(None, description="how the input images were fitted; none without images")
     step: int
     total_steps: int
     stage: str | None
@@ -140,6 +145,7 @@ class VideoPlan(BaseModel):
     fps: int
     seed: int
     num_inference_steps: int
+    resize_policy: str | None = None
     plan: dict[str, Any]
 
 

@@ -28,7 +28,8 @@ def job_view(job: Job, links: AssetLinks, base: str) -> Video | ImageBatch:
         return ImageBatch(**common, prompts=p["prompts"])
     return Video(
         **common, prompt=job.prompt, seconds=p["seconds"], task=job.task, num_frames=p["num_frames"], fps=p["fps"],
-        num_inference_steps=p["num_inference_steps"], step=job.step, total_steps=job.total_steps, stage=job.stage,
+        num_inference_steps=p["num_inference_steps"], resize_policy=p.get("resize_policy"), step=job.step,
+        total_steps=job.total_steps, stage=job.stage,
     )
 
 

@@ -193,6 +193,9 @@ def test_dry_run_returns_the_plan_without_queueing(client: httpx.Client) -> None
     assert [s["kind"] for s in plan["plan"]["stages"]] == ["generate", "encode", "upload"]
     assert plan["plan"]["stages"][0]["params"]["model"] == "tiny-i2v"
     assert client.get("/v1/videos", params={"limit": 1}).json()["last_id"] == before
+    portrait = client.post("/v1/videos", params={"dry_run": "true"}, data={"prompt": "tall", "num_frames": "5"},
+                           files={"input_reference": ("p.png", png(width=32, height=64), "image/png")}).json()
+    assert (portrait["size"], portrait["resize_policy"]) == ("32x64", "center_crop"), "the image's aspect ratio"
 
 
 def test_list_pages_with_after(client: httpx.Client) -> None:

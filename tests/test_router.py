@@ -9,11 +9,13 @@ import subprocess
 import sys
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
 from deployments.jobs import QueueFull
 from deployments.plan import Encode, Extend, Generate, Interpolate, Notify, Upload
+from pipelines.conditioning import GRAY
 from pipelines.request import InvalidRequest
 from pipelines.variants import WAN_NEGATIVE_PROMPT, Task
 from serve_app.config import AppConfig, ModelConfig
@@ -226,3 +228,46 @@ def test_configured_defaults_replace_the_catalog_s() -> None:
     i2v = route(AppConfig.model_validate({"models": [{"name": "Wan2.1-I2V-14B-480P"}]}), Fields(prompt="x"),
                 Media(image=np.zeros((480, 832, 3), np.uint8)), "video_test")
     assert i2v.inputs.requests[0].num_inference_steps == 40, "upstream's steps for Wan 2.1 I2V"
+
+
+def circle(width: int, height: int) -> np.ndarray:
+    """A white circle on black in the middle of a width x height image, small enough to survive a crop."""
+    image = np.zeros((height, width, 3), np.uint8)
+    cv2.circle(image, (width // 2, height // 2), min(width, height) // 8, (255, 255, 255), -1)
+    return image
+
+
+def roundness(image: np.ndarray) -> float:
+    """Width over height of the white shape: 1 for a circle, far from 1 for a squashed one."""
+    ys, xs = np.nonzero(image[..., 0] > 127)
+    return (xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1)
+
+
+@pytest.mark.parametrize(("width", "height"), [(480, 720), (1280, 544)])  # a portrait and a wide photo
+def test_without_a_size_the_output_takes_the_image_s_aspect_ratio(width: int, height: int) -> None:
+    served = ["Wan2.1-I2V-14B-720P"]
+    routed = plan_of(Fields(prompt="x"), Media(image=circle(width, height)), models=served)
+    w, h = map(int, routed.params["size"].split("x"))
+    assert w % 16 == 0 and h % 16 == 0 and w * h <= 1280 * 720
+    assert w * h > 0.9 * 1280 * 720, "as large as the model's largest preset allows"
+    assert abs(w / h - width / height) < 0.03, (w, h)
+    request = routed.inputs.requests[0]
+    assert request.image.shape == (h, w, 3) and abs(roundness(request.image) - 1) < 0.05
+    assert routed.params["resize_policy"] == "center_crop"
+
+
+@pytest.mark.parametrize(("policy", "round_"), [("center_crop", True), ("pad", True), ("stretch", False)])
+def test_with_a_size_a_resize_policy_fits_keyframes_and_references(policy: str, round_: bool) -> None:
+    portrait = circle(480, 720)
+    fields = Fields(prompt="x", size="720p", resize_policy=policy)
+    flf = plan_of(fields, Media(image=portrait, last_image=portrait), models=["Wan2.1-FLF2V-14B-720P"])
+    vace = plan_of(fields, Media(last_image=portrait, reference_image=portrait), models=["Wan2.1-VACE-14B"])
+    fitted = [flf.inputs.requests[0].image, flf.inputs.requests[0].last_image,
+              vace.inputs.requests[0].last_image, vace.inputs.requests[0].reference_images[0]]
+    for image in fitted:
+        assert image.shape == (720, 1280, 3)
+        assert (abs(roundness(image) - 1) < 0.05) == round_, (policy, roundness(image))
+    if policy == "pad":
+        assert (fitted[0][:, :100] == GRAY).all(), "the sides are padded, not filled with the image"
+    assert flf.params["resize_policy"] == vace.params["resize_policy"] == policy
+    assert plan_of(Fields(prompt="x")).params["resize_policy"] is None, "no image, no policy"
