@@ -12,12 +12,10 @@ from pathlib import Path
 
 import torch
 from diffusers import (
-    AutoencoderKLWan,
     DiffusionPipeline,
     WanImageToVideoPipeline,
     WanVideoToVideoPipeline,
 )
-from transformers import CLIPVisionModel
 
 from pipelines.tiny import build_tiny_pipeline
 from pipelines.variants import Family, Task, Variant
@@ -88,7 +86,7 @@ def load_model(
     else:
         torch_dtype = DTYPES[dtype] if target.type != "cpu" else torch.float32
         log.info("loading %s from %s (%s on %s)", variant.name, source, torch_dtype, target)
-        pipe = DiffusionPipeline.from_pretrained(source, **_float32_components(source), torch_dtype=torch_dtype)
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=component_dtypes(source, torch_dtype))
     if cpu_offload and target.type == "cuda":
         pipe.enable_model_cpu_offload(device=target)
     else:
@@ -97,15 +95,14 @@ def load_model(
     return LoadedModel(variant=variant, pipeline=pipe, device=target)
 
 
-def _float32_components(source: str) -> dict[str, torch.nn.Module]:
-    """The VAE, and the CLIP image encoder where the model has one, loaded in float32 as upstream Wan runs them:
-    the decode and the image embedding lose detail in bfloat16, and both are small next to the transformer."""
-    components: dict[str, torch.nn.Module] = {
-        "vae": AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)}
-    if DiffusionPipeline.load_config(source).get("image_encoder", [None])[0] is not None:  # Wan 2.1 I2V, FLF2V
-        components["image_encoder"] = CLIPVisionModel.from_pretrained(
-            source, subfolder="image_encoder", torch_dtype=torch.float32)
-    return components
+def component_dtypes(source: str, dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """Each component's dtype: `dtype`, but the VAE and the CLIP image encoder (Wan 2.1 I2V and FLF2V have one)
+    in float32, as upstream Wan runs them: the decode and the image embedding lose detail in bfloat16, and both
+    are small next to the transformer."""
+    dtypes = {"default": dtype, "vae": torch.float32}
+    if DiffusionPipeline.load_config(source).get("image_encoder", [None])[0] is not None:
+        dtypes["image_encoder"] = torch.float32
+    return dtypes
 
 
 def save_model(model: LoadedModel, directory: str | Path) -> None:

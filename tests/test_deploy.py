@@ -344,8 +344,21 @@ def test_gpu_workers_request_gpus_and_can_hold_every_replica() -> None:
         scaling = model.get("autoscaling_config")
         return scaling["max_replicas"] if scaling else model.get("num_replicas", 1)
 
-    demand = sum(model.get("ray_actor_options", {}).get("num_gpus", 0) * most(model) for model in models(m))
+    def least(model: Schema) -> int:
+        scaling = model.get("autoscaling_config")
+        return scaling.get("min_replicas", 1) if scaling else model.get("num_replicas", 1)
+
+    def gpus(model: Schema) -> float:
+        return model.get("ray_actor_options", {}).get("num_gpus", 0)
+
+    demand = sum(gpus(model) * most(model) for model in models(m))
     assert demand <= capacity, f"generators at max_replicas need {demand} GPUs; the worker groups reach {capacity}"
+    floor = sum(gpus(model) * least(model) for model in models(m))
+    assert sum(g["minReplicas"] for g in gpu_groups) == math.ceil(floor), "the workers kept are what min_replicas use"
+    # The sums count fractional replicas packed onto shared cards, which Serve does only when told to.
+    if any(0 < gpus(model) < 1 for model in models(m)):
+        env = {e["name"]: e.get("value") for e in head.get("env", [])}
+        assert env.get("RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY") == "1", "the Serve controller spreads by default"
 
 
 def test_every_ray_pod_gets_the_s3_and_webhook_secrets() -> None:

@@ -4,15 +4,18 @@ the save_pretrained / from_pretrained round trip, and video I/O."""
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
+from pipelines.convert import RECORD, convert
 from pipelines.generate import generate
-from pipelines.loading import _float32_components, load_model, save_model
+from pipelines.loading import component_dtypes, load_model, save_model
 from pipelines.request import GenerationCancelled, GenerationRequest, InvalidRequest, check_request
 from pipelines.variants import CATALOG, Family, Task, get_variant
 from pipelines.video import MediaError, decode_image, decode_video, encode_mp4, thumbnail_webp
@@ -139,9 +142,29 @@ def test_from_pretrained_round_trip_offline(models: dict, tmp_path, monkeypatch:
         req = request_for(name, TWIN_TASK[name])
         assert np.array_equal(generate(original, req), generate(loaded, req))
     # whatever dtype the rest takes on a GPU, the VAE and (Wan 2.1 I2V's) CLIP image encoder load in float32
-    kept = _float32_components(str(tmp_path / "tiny-i2v"))
-    assert {k: m.dtype for k, m in kept.items()} == {"vae": torch.float32, "image_encoder": torch.float32}
-    assert set(_float32_components(str(tmp_path / "tiny-a14b"))) == {"vae"}, "Wan 2.2 has no CLIP"
+    assert component_dtypes(str(tmp_path / "tiny-i2v"), torch.bfloat16) == {
+        "default": torch.bfloat16, "vae": torch.float32, "image_encoder": torch.float32}
+    assert "image_encoder" not in component_dtypes(str(tmp_path / "tiny-a14b"), torch.bfloat16), "no CLIP in 2.2"
+
+
+def test_convert_writes_a_bfloat16_folder_that_loads(models: dict, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-off conversion: the transformer and text encoder in bfloat16 (half the float32 repo to read at
+    every cold start), the VAE and CLIP kept in float32, the source recorded, and the result serves."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    save_model(model(models, "tiny-i2v"), tmp_path / "repo")  # float32 on disk, as the Wan repos are
+    out = convert(str(tmp_path / "repo"), tmp_path / "bf16")
+    dtypes = {}
+    for path in out.glob("*/*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            dtypes[path.parent.name] = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
+    # the transformer's norms and time embedding stay float32 (diffusers' _keep_in_fp32_modules for Wan)
+    assert dtypes == {"transformer": {"BF16", "F32"}, "text_encoder": {"BF16"}, "vae": {"F32"},
+                      "image_encoder": {"F32"}}
+    record = json.loads((out / RECORD).read_text())
+    assert record == {"source": str(tmp_path / "repo"), "revision": None, "dtype": "bfloat16",
+                      "float32": ["image_encoder", "vae"]}
+    frames = generate(load_model(get_variant("tiny-i2v"), str(out)), request_for("tiny-i2v", Task.I2V))
+    assert frames.shape == (9, 32, 64, 3)
 
 
 class _CappedBeforeMoving(Exception):
