@@ -18,7 +18,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.metrics import GeneratorMetrics
 from deployments.plan import stage
 from pipelines.generate import generate
-from pipelines.loading import load_model
+from pipelines.loading import Offload, load_model
 from pipelines.request import GenerationCancelled, GenerationRequest
 from pipelines.variants import get_variant
 
@@ -36,7 +36,7 @@ class WanGenerator:
         dtype: str = "bfloat16",
         device: str | None = None,
         gpu_memory_fraction: float | None = None,
-        cpu_offload: bool = False,
+        cpu_offload: Offload = False,
     ) -> None:
         started = time.perf_counter()
         self._model = load_model(

@@ -80,7 +80,5 @@ def generate(model: LoadedModel, req: GenerationRequest, on_step: StepCallback |
         with torch.inference_mode():
             frames = pipe(**pipeline_kwargs(req), callback_on_step_end=step_end).frames[0]
     finally:
-        # diffusers frees its offload hooks only when a call completes: a cancelled or failed one would leave
-        # the models it had moved (an expert, the text encoder) on the GPU for the next job.
-        pipe.maybe_free_model_hooks()
+        model.free_offloaded()
     return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from accelerate import cpu_offload_with_hook
 from diffusers import (
     DiffusionPipeline,
     WanImageToVideoPipeline,
@@ -23,6 +25,7 @@ from pipelines.variants import Family, Task, Variant
 log = logging.getLogger(__name__)
 
 TINY = "tiny"
+Offload = Literal[False, True, "text_encoder"]
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -33,7 +36,15 @@ class LoadedModel:
     variant: Variant
     pipeline: DiffusionPipeline
     device: torch.device
+    offload_hooks: list[Any] = field(default_factory=list, repr=False)  # accelerate's, for text_encoder offload
     _views: dict[Task, DiffusionPipeline] = field(default_factory=dict, repr=False)
+
+    def free_offloaded(self) -> None:
+        """Send offloaded models back to the CPU, as diffusers does after a completed call; every job's way out
+        calls it, since a cancelled or failed call would leave them (an expert, the text encoder) on the GPU."""
+        self.pipeline.maybe_free_model_hooks()
+        for hook in self.offload_hooks:
+            hook.offload()
 
     def pipeline_for(self, task: Task) -> DiffusionPipeline:
         if task not in self._views:
@@ -71,15 +82,22 @@ def load_model(
     dtype: str = "bfloat16",
     device: str | None = None,
     gpu_memory_fraction: float | None = None,
-    cpu_offload: bool = False,
+    cpu_offload: Offload = False,
 ) -> LoadedModel:
-    """Load `variant` once. The VAE stays in float32, as Wan's reference code decodes it."""
+    """Load `variant` once. The VAE stays in float32, as Wan's reference code decodes it.
+
+    `cpu_offload`: True moves every model to the GPU only while it runs (diffusers' model offload: least memory,
+    slowest); "text_encoder" keeps the transformer(s) and the VAE resident and moves only the text encoder, which
+    runs once per job; False keeps everything on the device.
+    """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if target.type == "cuda" and target.index is None:
+        # Indexed, as torch's memory cap requires (plain "cuda" raises ValueError): the current device, where
+        # .to("cuda") would put the models.
+        target = torch.device("cuda", torch.cuda.current_device())
     if target.type == "cuda" and gpu_memory_fraction is not None:
-        # Co-located fractional-GPU replicas must not starve each other: cap this process's allocator. torch takes
-        # an indexed device here (plain "cuda" raises ValueError): "cuda" is the current device, where .to() puts it.
-        index = target.index if target.index is not None else torch.cuda.current_device()
-        torch.cuda.set_per_process_memory_fraction(float(gpu_memory_fraction), torch.device("cuda", index))
+        # Co-located fractional-GPU replicas must not starve each other: cap this process's allocator.
+        torch.cuda.set_per_process_memory_fraction(float(gpu_memory_fraction), target)
     source = resolve_source(variant, weights)
     if source == TINY:
         pipe = build_tiny_pipeline(variant.family)
@@ -87,12 +105,29 @@ def load_model(
         torch_dtype = DTYPES[dtype] if target.type != "cpu" else torch.float32
         log.info("loading %s from %s (%s on %s)", variant.name, source, torch_dtype, target)
         pipe = DiffusionPipeline.from_pretrained(source, dtype=component_dtypes(source, torch_dtype))
-    if cpu_offload and target.type == "cuda":
+    hooks: list[Any] = []
+    if cpu_offload is True and target.type == "cuda":
         pipe.enable_model_cpu_offload(device=target)
+    elif cpu_offload == "text_encoder" and target.type == "cuda":
+        hooks = offload_text_encoder(pipe, target)
     else:
         pipe.to(target)
     pipe.set_progress_bar_config(disable=True)
-    return LoadedModel(variant=variant, pipeline=pipe, device=target)
+    return LoadedModel(variant=variant, pipeline=pipe, device=target, offload_hooks=hooks)
+
+
+def offload_text_encoder(pipe: DiffusionPipeline, device: torch.device) -> list[Any]:
+    """Everything on `device` but the text encoder, which accelerate moves there when it runs; the transformers'
+    hooks send it back to the CPU as they start, so the experts never share the card with it. Returns the hook
+    that offloads the encoder, for a job that ends before a transformer ran."""
+    _, encoder_hook = cpu_offload_with_hook(pipe.text_encoder, device)  # the encoder now waits on the CPU
+    for name in ("transformer", "transformer_2"):
+        if getattr(pipe, name, None) is not None:
+            cpu_offload_with_hook(getattr(pipe, name), device, prev_module_hook=encoder_hook)
+    for name, module in pipe.components.items():  # the hooks parked the transformers on the CPU too: not so
+        if isinstance(module, torch.nn.Module) and name != "text_encoder":
+            module.to(device)
+    return [encoder_hook]
 
 
 def component_dtypes(source: str, dtype: torch.dtype) -> dict[str, torch.dtype]:

@@ -41,7 +41,10 @@ class ModelConfig(_Strict):
                                 "no float16: Wan's UMT5 text encoder overflows in it")
     device: str | None = None
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
-    cpu_offload: bool = False
+    cpu_offload: bool | Literal["text_encoder"] = Field(
+        False, description='true: every model on the GPU only while it runs (least memory, slowest); '
+                           '"text_encoder": the transformers and VAE stay on the GPU and only the text encoder, '
+                           "used once per job, is moved there when needed")
     default_for: list[Task] = Field(default_factory=list, description="tasks this model serves by default")
     num_replicas: int | None = Field(None, ge=1, description="a fixed replica count (default 1), "
                                                              "or set autoscaling_config instead")

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import ray
+import torch
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
@@ -25,8 +26,13 @@ Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that start Ray their own way run before the shared app starts it."""
+    """Tests that start Ray their own way run before the shared app starts it; `gpu` tests need CUDA."""
     items.sort(key=lambda item: item.path.name not in OWN_RAY)
+    if not torch.cuda.is_available():
+        no_gpu = pytest.mark.skip(reason=f"needs a CUDA GPU; torch {torch.__version__} sees none")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(no_gpu)
 
 
 def app_args(root: Path, models: list[str], **extra: Any) -> dict[str, Any]:
