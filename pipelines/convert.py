@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("source", help="a hub id (e.g. Wan-AI/Wan2.1-T2V-14B-Diffusers) or a local Diffusers folder")
     parser.add_argument("output", help="the folder to write; set the model's `weights` to it")
     parser.add_argument("--revision", help="the hub commit (or tag) to convert; default: the current one, pinned")
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     with torch.inference_mode():

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 TINY = "tiny"
 Offload = Literal[False, True, "text_encoder"]
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}  # no float16: UMT5 overflows in it
 
 
 @dataclass
