@@ -91,14 +91,16 @@ class FlowRunner:
         self._waiters = ThreadPoolExecutor(max_workers=64, thread_name_prefix="settle")
         self._settle: Settle = self._settle_in_object_store
 
-    async def submit(self, work: list[Submission], max_active: int, wait: bool = False) -> list[Job]:
-        """Admit every job of `work` or none (QueueFull), start each, and return them as created.
+    async def submit(self, work: list[Submission], max_active: int, max_per_key: int | None = None,
+                     wait: bool = False) -> list[Job]:
+        """Admit every job of `work` or none (QueueFull: the model's or the key's limit), start each, and return
+        them as created.
 
         With `wait`, return them once ended instead; a caller that goes away meanwhile cancels them, since
         nobody is left to read their results (the jobs still end, in their own tasks).
         """
         jobs = [replace(w.job, owner=self._owner) for w in work]
-        await self._tracker.create.remote(jobs, max_active)
+        await self._tracker.create.remote(jobs, max_active, max_per_key)
         tasks = [self._start(job.id, w.plan, w.inputs) for job, w in zip(jobs, work, strict=True)]
         if not wait:
             return jobs

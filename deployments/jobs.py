@@ -90,12 +90,14 @@ class JobTracker:
             for status in ACTIVE:
                 self._metrics.active.set(counts.get((model, status), 0), {"model": model, "status": status})
 
-    def create(self, jobs: list[Job], max_active: int) -> None:
-        """Admit all of `jobs` (one model's, each with its owner set) or none: QueueFull when they would make
-        more than `max_active` queued or running."""
-        if not self._store.create(jobs, max_active):
+    def create(self, jobs: list[Job], max_active: int, max_per_key: int | None = None) -> None:
+        """Admit all of `jobs` (one model's and one key's, each with its owner set) or none: QueueFull when they
+        would make more than `max_active` of the model's, or `max_per_key` of the key's, queued or running."""
+        full = self._store.create(jobs, max_active, max_per_key)
+        if full is not None:
             more = f"{len(jobs)} more jobs" if len(jobs) > 1 else "another job"
-            raise QueueFull(f"{jobs[0].model} has no room for {more}: at most {max_active} queued or running")
+            limit, whose = (max_active, jobs[0].model) if full == "model" else (max_per_key, "this API key")
+            raise QueueFull(f"{whose} has no room for {more}: at most {limit} queued or running")
         for job in jobs:
             self._metrics.created.inc(1, {"model": job.model, "kind": job.kind})
         self._refresh()
@@ -103,8 +105,9 @@ class JobTracker:
     def get(self, job_id: str) -> Job | None:
         return self._store.get(job_id)
 
-    def list(self, kind: str, after: str | None, limit: int, order: str) -> tuple[list[Job], bool]:
-        return self._store.list(kind=kind, after=after, limit=limit, order=order)
+    def list(self, kind: str, after: str | None, limit: int, order: str,
+             key_id: str | None = None) -> tuple[list[Job], bool]:
+        return self._store.list(kind=kind, after=after, limit=limit, order=order, key_id=key_id)
 
     def step(self, job_id: str, done: int, total: int, segment: int = 0) -> bool:
         """Record that `done` of `total` steps of generation `segment` are finished; False means: stop now.

@@ -47,6 +47,7 @@ class Job:
     session_id: str | None = None
     webhook_url: str | None = None
     owner: str | None = None  # the flow runner replica (a Ray actor) that created and runs the job
+    key_id: str | None = None  # the API key that made it (its digest's prefix, never the key); None: open mode
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     completed_at: float | None = None
@@ -72,6 +73,7 @@ class Session:
     id: str
     created_at: float = field(default_factory=time.time)
     metadata: dict[str, str] = field(default_factory=dict)
+    key_id: str | None = None
 
 
 @dataclass
@@ -87,12 +89,14 @@ class Upload:
     size_bytes: int
     info: dict[str, Any] = field(default_factory=dict)  # width, height, frames, fps, duration_s, has_audio
     created_at: float = field(default_factory=time.time)
+    key_id: str | None = None
 
 
 class JobStore(Protocol):
-    def create(self, jobs: list[Job], max_active: int) -> bool: ...
+    def create(self, jobs: list[Job], max_active: int, max_per_key: int | None = None) -> str | None: ...
     def get(self, job_id: str) -> Job | None: ...
-    def list(self, *, kind: str, after: str | None, limit: int, order: str) -> tuple[list[Job], bool]: ...
+    def list(self, *, kind: str, after: str | None, limit: int, order: str,
+             key_id: str | None = None) -> tuple[list[Job], bool]: ...
     def active_counts(self) -> dict[tuple[str, str], int]: ...
     def queue_position(self, job_id: str) -> int | None: ...
     def update(self, job_id: str, *, even_if_ended: bool = False, **fields: Any) -> Job | None: ...
@@ -144,31 +148,43 @@ class SQLiteJobStore:
         row = self._db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return self._decode(row[0]) if row else None
 
-    def create(self, jobs: list[Job], max_active: int) -> bool:
-        """Store all of `jobs` (one model's) or, when that would exceed `max_active` queued or running, none."""
+    def create(self, jobs: list[Job], max_active: int, max_per_key: int | None = None) -> str | None:
+        """Store all of `jobs` (one model's, one key's), or none when they would make more than `max_active` of
+        the model's or `max_per_key` of the key's queued or running: then what is full, "model" or "key"."""
         with self._lock:
             (active,) = self._db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE model = ? AND status IN (?, ?)", (jobs[0].model, *ACTIVE)
             ).fetchone()
             if active + len(jobs) > max_active:
-                return False
+                return "model"
+            if max_per_key is not None and jobs[0].key_id is not None:
+                (mine,) = self._db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE json_extract(data, '$.key_id') = ? AND status IN (?, ?)",
+                    (jobs[0].key_id, *ACTIVE)).fetchone()
+                if mine + len(jobs) > max_per_key:
+                    return "key"
             with self._db:  # one transaction: every job or none
                 self._db.execute("BEGIN")
                 self._db.executemany(
                     "INSERT INTO jobs (id, kind, model, status, data) VALUES (?, ?, ?, ?, ?)",
                     [(j.id, j.kind, j.model, j.status, json.dumps(asdict(j))) for j in jobs],
                 )
-            return True
+            return None
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             return self._get(job_id)
 
-    def list(self, *, kind: str, after: str | None, limit: int, order: str) -> tuple[list[Job], bool]:
-        """A page of jobs in creation order; `after` is the id of the last job of the previous page."""
+    def list(self, *, kind: str, after: str | None, limit: int, order: str,
+             key_id: str | None = None) -> tuple[list[Job], bool]:
+        """A page of jobs in creation order, of one key's when `key_id` is given; `after` is the id of the last
+        job of the previous page."""
         op, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
         sql = f"SELECT data FROM jobs WHERE kind = ? AND {_LISTED}"
         args: list[Any] = [kind]
+        if key_id is not None:
+            sql += " AND json_extract(data, '$.key_id') = ?"
+            args.append(key_id)
         if after is not None:
             sql += f" AND seq {op} (SELECT seq FROM jobs WHERE id = ?)"
             args.append(after)

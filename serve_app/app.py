@@ -56,6 +56,9 @@ def generator_options(m: ModelConfig) -> dict[str, Any]:
 
 def build_app(args: dict[str, Any]) -> Application:
     config = load_config(args)
+    keys = config.auth.keys()
+    if keys.open and config.auth.required:
+        raise ConfigError(f"auth.required is set and no API key is configured (auth.api_keys, {config.auth.keys_env})")
     tracker = JobTracker.bind(config.job_db)
     generators = {
         m.name: WanGenerator.options(**generator_options(m)).bind(
@@ -76,4 +79,4 @@ def build_app(args: dict[str, Any]) -> Application:
         "notify": Notifier.bind(hooks.signing_secret(), hooks.max_attempts, hooks.backoff_s, hooks.timeout_s),
     }
     flow = FlowRunner.options(**drain).bind(generators, stages, tracker, storage.s3, config.public_url)
-    return Gateway.options(num_replicas=config.gateway_replicas).bind(config, tracker, flow, uploader)
+    return Gateway.options(num_replicas=config.gateway_replicas).bind(config, tracker, flow, uploader, keys)

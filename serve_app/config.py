@@ -13,6 +13,7 @@ from ray.serve.config import AutoscalingConfig
 
 from deployments.storage import S3Config
 from pipelines.variants import CATALOG, Task, Variant, get_variant
+from serve_app.auth import Keys
 
 
 class _Strict(BaseModel):
@@ -132,12 +133,28 @@ class ExtendConfig(_Strict):
     max_extensions: int = Field(20, ge=0)
 
 
+class AuthConfig(_Strict):
+    """API keys (`Authorization: Bearer <key>`); with none configured the service runs open."""
+
+    api_keys: list[SecretStr] = Field(default_factory=list, description="keys, or `sha256:<hex>` digests of them")
+    admin_keys: list[SecretStr] = Field(default_factory=list, description="keys that see every key's records")
+    keys_env: str = Field("WAN_SERVE_API_KEYS", description="env var holding more keys, comma-separated")
+    required: bool = Field(False, description="refuse to start without a key: production configs set it")
+    max_active_jobs_per_key: int = Field(32, ge=1, description="queued + running jobs per key before a 429, so "
+                                                               "one client cannot starve the others")
+
+    def keys(self) -> Keys:
+        return Keys.resolve([k.get_secret_value() for k in self.api_keys],
+                            [k.get_secret_value() for k in self.admin_keys], self.keys_env)
+
+
 class AppConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     job_db: str = "data/jobs.db"
     storage: StorageConfig = StorageConfig()
     webhooks: WebhookConfig = WebhookConfig()
     extend: ExtendConfig = ExtendConfig()
+    auth: AuthConfig = AuthConfig()
     public_url: str = Field("", description="this service's external base URL, for asset links in webhooks")
     max_upload_mb: int = Field(64, ge=1)
     max_batch_prompts: int = Field(20, ge=1, le=100)

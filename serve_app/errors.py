@@ -18,8 +18,9 @@ from pipelines.request import InvalidRequest
 from serve_app.schemas import ErrorDetail, ErrorResponse
 
 RETRY_AFTER_S = 30  # what a 429 asks a client to wait: about one short generation
-_TYPES = {400: "invalid_request_error", 404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
-          416: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict_error",
+          413: "invalid_request_error", 416: "invalid_request_error", 422: "invalid_request_error",
+          429: "rate_limit_error"}
 
 
 class APIError(Exception):

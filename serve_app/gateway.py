@@ -9,20 +9,22 @@ since FastAPI reads them to tell the request from the body.
 
 import asyncio
 import base64
+import logging
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.assets import AssetLinks
-from deployments.jobstore import Job, JobStatus, Session
+from deployments.jobstore import Job, JobStatus, Session, Upload
 from deployments.plan import Submission
 from pipelines.variants import CATALOG, Task
 from serve_app import errors
+from serve_app.auth import Caller, Keys, authorize, caller_of
 from serve_app.body import read_body, read_upload, validated
 from serve_app.config import AppConfig, generator_name
 from serve_app.content import asset_response
@@ -52,8 +54,10 @@ from serve_app.schemas import Session as SessionView
 from serve_app.views import job_view, upload_view
 
 ID_PREFIXES = {"video": "video", "image": "img", "batch": "batch"}
+log = logging.getLogger("ray.serve")
 
-api = FastAPI(title="wan-serve", summary="Every Wan task behind an OpenAI-compatible video API")
+api = FastAPI(title="wan-serve", summary="Every Wan task behind an OpenAI-compatible video API",
+              dependencies=[Depends(authorize)])
 errors.install(api)
 
 
@@ -65,11 +69,11 @@ def _replicas(deployment: Any) -> dict[str, int]:
     return {str(k): n for k, n in deployment.replica_states.items()} if deployment else {}
 
 
-def _submission(kind: str, job_id: str, routed: Routed, fields: Fields) -> Submission:
+def _submission(kind: str, job_id: str, routed: Routed, fields: Fields, caller: Caller) -> Submission:
     job = Job(
         id=job_id, kind=kind, model=routed.variant.name, task=routed.plan.task, prompt=fields.prompt,
         plan=routed.plan.model_dump(), params=routed.params, session_id=fields.session_id,
-        webhook_url=fields.webhook_url, total_steps=routed.plan.total_steps,
+        webhook_url=fields.webhook_url, total_steps=routed.plan.total_steps, key_id=caller.key_id,
     )
     return Submission(job=job, plan=routed.plan, inputs=routed.inputs)
 
@@ -78,7 +82,10 @@ def _submission(kind: str, job_id: str, routed: Routed, fields: Fields) -> Submi
 @serve.ingress(api)
 class Gateway:
     def __init__(self, config: AppConfig, tracker: DeploymentHandle, flow: DeploymentHandle,
-                 uploader: DeploymentHandle) -> None:
+                 uploader: DeploymentHandle, keys: Keys) -> None:
+        api.state.keys = keys  # read by `authorize`, the dependency every route but /health runs
+        if keys.open:
+            log.warning("no API key is configured: the service is open to anyone who can reach it")
         self._config = config
         self._tracker = tracker
         self._flow = flow
@@ -91,17 +98,19 @@ class Gateway:
     def _view(self, job: Job, request: Request) -> Video | ImageBatch:
         return job_view(job, self._links, self._config.public_url or str(request.base_url))
 
-    async def _job(self, job_id: str, kind: str = "video") -> Job:
-        """The job, or a 404 naming the id field of its kind (a job being deleted is gone already)."""
+    async def _job(self, request: Request, job_id: str, kind: str = "video") -> Job:
+        """The caller's job, or a 404 naming the id field of its kind: another key's job, or one being deleted,
+        is not there for this caller."""
         job = await self._tracker.get.remote(job_id) if job_id.startswith(f"{ID_PREFIXES[kind]}_") else None
-        if job is None or job.kind != kind or job.delete_requested:
+        if job is None or job.kind != kind or job.delete_requested or not caller_of(request).sees(job.key_id):
             raise APIError(404, f"no {kind} with id {job_id!r}", param=f"{kind}_id", code="not_found")
         return job
 
     async def _submit(self, work: list[Submission], wait: bool = False) -> list[Job]:
-        """Hand jobs to the FlowRunner, which admits them all or none (a full queue is a 429) and runs them."""
+        """Hand jobs to the FlowRunner, which admits them all or none (a full queue, the model's or the key's, is
+        a 429) and runs them."""
         limit = self._config.model(work[0].job.model).max_queued_jobs
-        return await self._flow.submit.remote(work, limit, wait)
+        return await self._flow.submit.remote(work, limit, self._config.auth.max_active_jobs_per_key, wait)
 
     async def _delete(self, job: Job) -> None:
         """A finished job's files and record go now; a queued or running one is stopped, then removed by its
@@ -113,9 +122,16 @@ class Gateway:
         await self._uploader.delete.remote(job.assets)  # it ended before the cancel reached it
         await self._tracker.delete.remote(job.id)
 
-    async def _check_session(self, session_id: str | None) -> None:
-        if session_id is not None and await self._tracker.get_session.remote(session_id) is None:
+    async def _session(self, request: Request, session_id: str | None) -> tuple[Session, list[Upload], list[Job]]:
+        """The caller's session with its uploads and jobs; a 404 for none or another key's."""
+        found = await self._tracker.get_session.remote(session_id) if session_id is not None else None
+        if found is None or not caller_of(request).sees(found[0].key_id):
             raise APIError(404, f"no session with id {session_id!r}", param="session_id", code="not_found")
+        return found
+
+    async def _check_session(self, request: Request, session_id: str | None) -> None:
+        if session_id is not None:
+            await self._session(request, session_id)
 
     # --- /v1/videos ---------------------------------------------------------------------------------
 
@@ -123,7 +139,7 @@ class Gateway:
     async def create_video(self, request: Request, dry_run: bool = False) -> JSONResponse:
         fields, raw = await read_body(request, self._max_bytes)
         body = validated(VideoCreateRequest, fields)
-        await self._check_session(body.session_id)
+        await self._check_session(request, body.session_id)
         media = await self._media.resolve(body, raw, body.session_id)
         job_id = f"video_{uuid.uuid4().hex}"
         args = Fields(**body.model_dump(exclude={*MEDIA_FIELDS, "webhook_url"}), webhook_url=_url(body.webhook_url))
@@ -132,7 +148,7 @@ class Gateway:
             plan = VideoPlan(model=routed.variant.name, task=routed.plan.task, plan=routed.plan.model_dump(),
                              **{k: v for k, v in routed.params.items() if k in VideoPlan.model_fields})
             return JSONResponse(plan.model_dump())
-        [job] = await self._submit([_submission("video", job_id, routed, args)])
+        [job] = await self._submit([_submission("video", job_id, routed, args, caller_of(request))])
         return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
 
     @api.get("/v1/videos", response_model=VideoList)
@@ -143,29 +159,31 @@ class Gateway:
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         order: Literal["asc", "desc"] = "desc",
     ) -> VideoList:
-        jobs, has_more = await self._tracker.list.remote("video", after, limit, order)
+        caller = caller_of(request)
+        jobs, has_more = await self._tracker.list.remote("video", after, limit, order,
+                                                         None if caller.admin else caller.key_id)
         data = [self._view(j, request) for j in jobs]
         return VideoList(data=data, first_id=data[0].id if data else None,
                          last_id=data[-1].id if data else None, has_more=has_more)
 
     @api.get("/v1/videos/{video_id}", response_model=Video)
     async def get_video(self, request: Request, video_id: str) -> JSONResponse:
-        job = await self._job(video_id)
+        job = await self._job(request, video_id)
         video = self._view(job, request)
         if job.status is JobStatus.QUEUED:
             video.queue_position = await self._tracker.queue_position.remote(job.id)
         return JSONResponse(video.model_dump(), headers=self._poll)
 
     @api.delete("/v1/videos/{video_id}", response_model=VideoDeleted)
-    async def delete_video(self, video_id: str) -> VideoDeleted:
+    async def delete_video(self, request: Request, video_id: str) -> VideoDeleted:
         """Delete a video: a running one is stopped first. Either way it is a 404 from now on."""
-        await self._delete(await self._job(video_id))
+        await self._delete(await self._job(request, video_id))
         return VideoDeleted(id=video_id)
 
     @api.post("/v1/videos/{video_id}/cancel", response_model=Video)
     async def cancel_video(self, request: Request, video_id: str) -> Video:
         """Stop a queued or running video within one denoising step; its record stays, as `cancelled`."""
-        job = await self._job(video_id)
+        job = await self._job(request, video_id)
         if job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
             raise APIError(409, f"{job.id} has already {job.status.value}", code="not_cancellable")
         return self._view(await self._tracker.cancel.remote(job.id), request)
@@ -173,12 +191,13 @@ class Gateway:
     @api.get("/v1/videos/{video_id}/content")
     async def video_content(self, request: Request, video_id: str, variant: str = "video") -> Response:
         """`variant`: video (the main video), thumbnail, or any asset's name (initial, extension_001, ...)."""
-        return await asset_response(self._uploader, await self._job(video_id), variant, request.headers.get("range"))
+        job = await self._job(request, video_id)
+        return await asset_response(self._uploader, job, variant, request.headers.get("range"))
 
     @api.post("/v1/videos/{video_id}/upload", response_model=Video)
     async def retry_upload(self, request: Request, video_id: str) -> Video:
         """Retry copying a completed job's assets to the object store after an upload failed."""
-        job = await self._job(video_id)
+        job = await self._job(request, video_id)
         if self._config.storage.s3 is None:
             raise APIError(409, "no object store is configured", code="no_object_store")
         if job.status is not JobStatus.COMPLETED:
@@ -202,7 +221,7 @@ class Gateway:
             job_id = f"img_{uuid.uuid4().hex}"
             routed = route(self._config, fields, Media(), job_id)
             fields.seed = routed.params["seed"] + 1  # the next image takes the next seed
-            work.append(_submission("image", job_id, routed, fields))
+            work.append(_submission("image", job_id, routed, fields, caller_of(request)))
         data = []
         for job in await self._submit(work, wait=True):
             if job.status is not JobStatus.COMPLETED:
@@ -216,58 +235,56 @@ class Gateway:
 
     @api.get("/v1/images/{image_id}/content")
     async def image_content(self, request: Request, image_id: str, variant: str = "image") -> Response:
-        job = await self._job(image_id, "image")
+        job = await self._job(request, image_id, "image")
         return await asset_response(self._uploader, job, variant, request.headers.get("range"))
 
     # --- /v1/images/batches -------------------------------------------------------------------------
 
     @api.post("/v1/images/batches", response_model=ImageBatch)
     async def create_batch(self, request: Request, body: ImageBatchRequest) -> JSONResponse:
-        await self._check_session(body.session_id)
+        await self._check_session(request, body.session_id)
         fields = Fields(prompt=body.prompts[0], **body.model_dump(exclude={"prompts", "webhook_url"}),
                         webhook_url=_url(body.webhook_url))
         job_id = f"batch_{uuid.uuid4().hex}"
         routed = route_batch(self._config, fields, body.prompts, job_id)
-        [job] = await self._submit([_submission("batch", job_id, routed, fields)])
+        [job] = await self._submit([_submission("batch", job_id, routed, fields, caller_of(request))])
         return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
 
     @api.get("/v1/images/batches/{batch_id}", response_model=ImageBatch)
     async def get_batch(self, request: Request, batch_id: str) -> JSONResponse:
-        job = await self._job(batch_id, "batch")
+        job = await self._job(request, batch_id, "batch")
         return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
 
     @api.get("/v1/images/batches/{batch_id}/images/{index}")
     async def batch_image(self, request: Request, batch_id: str, index: int) -> Response:
         """Image `index` (0-based, in the order of the prompts) as PNG."""
-        job = await self._job(batch_id, "batch")
+        job = await self._job(request, batch_id, "batch")
         return await asset_response(self._uploader, job, f"image_{index:03d}", request.headers.get("range"))
 
     @api.get("/v1/images/batches/{batch_id}/content")
     async def batch_content(self, request: Request, batch_id: str, variant: str = "images") -> Response:
         """Every image as one ZIP (`variant=images`), or one image by its asset name."""
-        job = await self._job(batch_id, "batch")
+        job = await self._job(request, batch_id, "batch")
         return await asset_response(self._uploader, job, variant, request.headers.get("range"))
 
     @api.delete("/v1/images/batches/{batch_id}", response_model=BatchDeleted)
-    async def delete_batch(self, batch_id: str) -> BatchDeleted:
-        await self._delete(await self._job(batch_id, "batch"))
+    async def delete_batch(self, request: Request, batch_id: str) -> BatchDeleted:
+        await self._delete(await self._job(request, batch_id, "batch"))
         return BatchDeleted(id=batch_id)
 
     # --- /v1/sessions -------------------------------------------------------------------------------
 
     @api.post("/v1/sessions", response_model=SessionView)
-    async def create_session(self, body: SessionCreateRequest | None = None) -> SessionView:
-        session = Session(id=f"sess_{uuid.uuid4().hex}", metadata=body.metadata if body else {})
+    async def create_session(self, request: Request, body: SessionCreateRequest | None = None) -> SessionView:
+        session = Session(id=f"sess_{uuid.uuid4().hex}", metadata=body.metadata if body else {},
+                          key_id=caller_of(request).key_id)
         await self._tracker.create_session.remote(session)
         return SessionView(id=session.id, created_at=int(session.created_at), metadata=session.metadata)
 
     @api.get("/v1/sessions/{session_id}", response_model=SessionView)
     async def get_session(self, request: Request, session_id: str) -> SessionView:
         """The session with its uploads, its videos and its image batches, each with their assets."""
-        found = await self._tracker.get_session.remote(session_id)
-        if found is None:
-            raise APIError(404, f"no session with id {session_id!r}", param="session_id", code="not_found")
-        session, uploads, jobs = found
+        session, uploads, jobs = await self._session(request, session_id)
         views = [self._view(j, request) for j in jobs if j.kind in ("video", "batch")]
         return SessionView(
             id=session.id, created_at=int(session.created_at), metadata=session.metadata,
@@ -279,10 +296,11 @@ class Gateway:
     async def upload_to_session(self, request: Request, session_id: str) -> SessionUpload:
         """Upload a video (MP4, MOV, MKV, AVI, WebM: kept as, or converted to, MP4) or an image (kept as
         RGB JPEG) in the multipart field `file`; refer to it by id in a video's media fields."""
-        await self._check_session(session_id)
+        await self._check_session(request, session_id)
         data, filename = await read_upload(request, self._max_bytes)
         upload_id = f"upload_{uuid.uuid4().hex}"
         upload, stored = await asyncio.to_thread(normalize_upload, session_id, upload_id, data, filename)
+        upload.key_id = caller_of(request).key_id
         await self._uploader.put.remote(upload.key, stored, upload.content_type)
         await self._tracker.add_upload.remote(upload)
         return upload_view(upload)

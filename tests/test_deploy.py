@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "deploy" / "rayservice.yaml"
 CRD = ROOT / "tests" / "data" / "kuberay" / "ray.io_rayservices.yaml"
 GPU_CONFIG = ROOT / "configs" / "serve.gpu.yaml"
-SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "WAN_SERVE_WEBHOOK_SECRET")
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "WAN_SERVE_WEBHOOK_SECRET", "WAN_SERVE_API_KEYS")
 INT_BOUNDS = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 
 Schema = dict[str, Any]
@@ -361,8 +361,10 @@ def test_gpu_workers_request_gpus_and_can_hold_every_replica() -> None:
         assert env.get("RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY") == "1", "the Serve controller spreads by default"
 
 
-def test_every_ray_pod_gets_the_s3_and_webhook_secrets() -> None:
-    """The Gateway and FlowRunner (presigned URLs), the Notifier and the app builder may run on any node."""
+def test_every_ray_pod_gets_the_s3_webhook_and_api_key_secrets() -> None:
+    """The Gateway and FlowRunner (presigned URLs), the Notifier and the app builder (which reads the API keys)
+    may run on any node; and the served config refuses to start without a key."""
+    assert serve_config(manifest())["applications"][0]["args"]["auth"]["required"] is True
     for group, pod in pod_specs(manifest()).items():
         env = env_of(ray_container(pod))
         for name in SECRET_ENV:
