@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from pipelines.conditioning import GRAY, grid_ceil
-from pipelines.request import GenerationRequest
+from pipelines.request import GenerationRequest, InvalidRequest
 from pipelines.variants import Task
 
 Method = Literal["vace", "i2v"]
@@ -27,6 +27,13 @@ class Segment:
     name: str
     start: int
     stop: int
+
+
+def check_overlap(overlap: int, window: int) -> None:
+    """Each window must reuse at least one frame and add at least one."""
+    if not 1 <= overlap < window:
+        raise InvalidRequest("overlap_frames", f"overlap_frames must be within 1..{window - 1} for {window}-frame "
+                                               "windows")
 
 
 def extended_length(window: int, overlap: int, extensions: int) -> int:

@@ -28,6 +28,7 @@ THUMBNAIL_EDGE = 256
 THUMBNAIL_QUALITY = 85
 MAX_DECODED_FRAMES = 1024
 JPEG_QUALITY = 95
+MAX_IMAGE_PIXELS = 4096 * 4096  # an input image's bound, read from its header before decoding
 DEFAULT_FPS = 16
 DEFAULT_CRF = 18  # visually lossless H.264
 AAC_RATES = av.Codec("aac", "w").audio_rates
@@ -36,6 +37,10 @@ X264_CPU_AVX512 = 0x0010000  # x264.h
 
 class MediaError(ValueError):
     """An upload that is not a readable image or video."""
+
+
+class MediaTooLarge(MediaError):
+    """A readable upload beyond a limit, found from its header before it was decoded."""
 
 
 @dataclass(frozen=True)
@@ -153,23 +158,35 @@ def resample_frames(frames: np.ndarray, src_fps: float, dst_fps: float) -> np.nd
     return frames[np.minimum(nearest, len(frames) - 1)]
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode an uploaded image (PNG, JPEG, WEBP, ...) to HxWx3 uint8."""
+@contextlib.contextmanager
+def _bounded_image(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
+    """An image opened lazily, its size read from the header and checked before a pixel is decoded."""
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > max_pixels:
+                raise MediaTooLarge(f"the image is {img.width}x{img.height}, more than {max_pixels:,} pixels")
+            yield img
+    except Image.DecompressionBombError as exc:  # Pillow's own bound, far above ours: still a 4xx, never a 500
+        raise MediaTooLarge(f"the image is too large to decode: {exc}") from exc
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode an uploaded image (PNG, JPEG, WEBP, ...) to HxWx3 uint8, refusing one of over `max_pixels`."""
+    try:
+        with _bounded_image(data, max_pixels) as img:
             return np.asarray(img.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
         raise MediaError("not a readable image (PNG, JPEG or WEBP expected)") from exc
 
 
-def normalize_image(data: bytes) -> bytes:
+def normalize_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes:
     """An uploaded image as an upright RGB JPEG (quality 95).
 
     EXIF orientation is applied, transparency is flattened onto white, and the metadata (EXIF, GPS) is
     dropped, since the image is always re-encoded.
     """
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with _bounded_image(data, max_pixels) as img:
             upright = ImageOps.exif_transpose(img)
             if upright.mode.startswith("I;16"):  # 16-bit greyscale: convert() would clip it, not scale it
                 upright = upright.convert("I").point(lambda v: v / 256).convert("L")
@@ -177,7 +194,9 @@ def normalize_image(data: bytes) -> bytes:
                 rgba = upright.convert("RGBA")
                 upright = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
             rgb = upright.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except MediaError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:
         raise MediaError("not a readable image (PNG, JPEG, WEBP, GIF, BMP or TIFF expected)") from exc
     buf = io.BytesIO()
     rgb.save(buf, format="JPEG", quality=JPEG_QUALITY)

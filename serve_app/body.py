@@ -46,6 +46,8 @@ async def read_body(request: Request, max_bytes: int) -> tuple[dict[str, Any], d
             fields = await request.json()
         except ValueError as exc:
             raise APIError(400, "the body is not valid JSON", code="invalid_json") from exc
+        except RecursionError as exc:  # Python's parser recurses once per level of nesting
+            raise APIError(400, "the body is nested too deeply", code="invalid_json") from exc
         if not isinstance(fields, dict):
             raise APIError(400, "the body must be a JSON object", code="invalid_json")
     else:

@@ -13,6 +13,7 @@ from ray.serve.config import AutoscalingConfig
 
 from deployments.storage import S3Config
 from pipelines.variants import CATALOG, Task, Variant, get_variant
+from pipelines.video import MAX_IMAGE_PIXELS
 from serve_app.auth import Keys
 
 
@@ -157,6 +158,8 @@ class AppConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     public_url: str = Field("", description="this service's external base URL, for asset links in webhooks")
     max_upload_mb: int = Field(64, ge=1)
+    max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=64 * 64, description="an input image's width x height, "
+                                  "read from its header before it is decoded (a larger one is a 422)")
     max_batch_prompts: int = Field(20, ge=1, le=100)
     poll_after_ms: int = Field(1000, ge=100)
     encoder_replicas: int = Field(1, ge=1)

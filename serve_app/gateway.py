@@ -90,7 +90,7 @@ class Gateway:
         self._tracker = tracker
         self._flow = flow
         self._uploader = uploader
-        self._media = MediaResolver(tracker, uploader)
+        self._media = MediaResolver(tracker, uploader, config.max_image_pixels)
         self._links = AssetLinks(config.storage.s3)  # URLs only: files are the Uploader's
         self._max_bytes = config.max_upload_mb * 2**20
         self._poll = {"openai-poll-after-ms": str(config.poll_after_ms)}
@@ -299,7 +299,8 @@ class Gateway:
         await self._check_session(request, session_id)
         data, filename = await read_upload(request, self._max_bytes)
         upload_id = f"upload_{uuid.uuid4().hex}"
-        upload, stored = await asyncio.to_thread(normalize_upload, session_id, upload_id, data, filename)
+        upload, stored = await asyncio.to_thread(normalize_upload, session_id, upload_id, data, filename,
+                                                 self._config.max_image_pixels)
         upload.key_id = caller_of(request).key_id
         await self._uploader.put.remote(upload.key, stored, upload.content_type)
         await self._tracker.add_upload.remote(upload)

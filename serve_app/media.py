@@ -13,7 +13,15 @@ from ray.serve.handle import DeploymentHandle
 from deployments.assets import MEDIA_TYPES
 from deployments.jobstore import Upload
 from deployments.storage import upload_key
-from pipelines.video import MediaError, decode_image, decode_video, normalize_image, normalize_video, probe_video
+from pipelines.video import (
+    MediaError,
+    MediaTooLarge,
+    decode_image,
+    decode_video,
+    normalize_image,
+    normalize_video,
+    probe_video,
+)
 from serve_app.errors import APIError
 from serve_app.router import Media
 
@@ -33,18 +41,18 @@ def data_url_bytes(value: str, param: str) -> bytes:
         raise APIError(400, f"{param} is not a valid base64 data URL", param=param, code="invalid_url") from exc
 
 
-def decode_media(raw: dict[str, bytes]) -> Media:
+def decode_media(raw: dict[str, bytes], max_pixels: int) -> Media:
     """Decode whichever of input_reference, last_image, reference_image, video and mask were sent."""
     media = Media()
     for param, data in raw.items():
         try:
             match param:
                 case "input_reference":
-                    media.image = decode_image(data)
+                    media.image = decode_image(data, max_pixels)
                 case "last_image":
-                    media.last_image = decode_image(data)
+                    media.last_image = decode_image(data, max_pixels)
                 case "reference_image":
-                    media.reference_image = decode_image(data)
+                    media.reference_image = decode_image(data, max_pixels)
                 case "video":
                     media.video, media.video_fps = decode_video(data)
                     media.video_file = data
@@ -55,10 +63,13 @@ def decode_media(raw: dict[str, bytes]) -> Media:
     return media
 
 
-def normalize_upload(session_id: str, upload_id: str, data: bytes, filename: str) -> tuple[Upload, bytes]:
+def normalize_upload(session_id: str, upload_id: str, data: bytes, filename: str,
+                     max_pixels: int) -> tuple[Upload, bytes]:
     """A session upload as it is kept: an image as RGB JPEG, a video as H.264 MP4 with what it holds."""
     try:
-        image = normalize_image(data)
+        image = normalize_image(data, max_pixels)
+    except MediaTooLarge as exc:  # an image, and too large: no use trying it as a video
+        raise APIError(422, f"file: {exc}", param="file", code="invalid_media") from exc
     except MediaError:
         image = None
     try:
@@ -80,9 +91,10 @@ def normalize_upload(session_id: str, upload_id: str, data: bytes, filename: str
 class MediaResolver:
     """Finds a request's media wherever it was sent: a file in the body, a data URL, or a session's upload."""
 
-    def __init__(self, tracker: DeploymentHandle, uploader: DeploymentHandle) -> None:
+    def __init__(self, tracker: DeploymentHandle, uploader: DeploymentHandle, max_pixels: int) -> None:
         self._tracker = tracker
         self._uploader = uploader
+        self._max_pixels = max_pixels
 
     async def resolve(self, body: BaseModel, raw: dict[str, bytes], session_id: str | None) -> Media:
         files = dict(raw)
@@ -99,7 +111,7 @@ class MediaResolver:
                 files[name] = await self._session_file(session_id, value, name)
             else:
                 files[name] = data_url_bytes(value, name)
-        return await asyncio.to_thread(decode_media, files)
+        return await asyncio.to_thread(decode_media, files, self._max_pixels)
 
     async def _session_file(self, session_id: str | None, upload_id: str, param: str) -> bytes:
         if session_id is None:

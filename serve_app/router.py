@@ -19,7 +19,7 @@ import numpy as np
 
 from deployments.plan import FlowInputs, Plan
 from pipelines.conditioning import ResizePolicy, binary_mask, fit_clip, fit_image, grid_ceil, pad_frames, size_for_image
-from pipelines.extend import Method, extended_length, extensions_to_cover
+from pipelines.extend import Method, check_overlap, extended_length, extensions_to_cover
 from pipelines.request import GenerationRequest, InvalidRequest, check_frames, check_request, check_size
 from pipelines.variants import Family, Task, Variant
 from pipelines.video import resample_frames
@@ -256,15 +256,16 @@ def video_frames(config: AppConfig, variant: Variant, task: Task, fields: Fields
     else:  # an uploaded clip: windows over it, the output as long as the source unless extended past it
         window = asked or min(grid_ceil(len(source)), variant.default_frames)
         check_frames(variant, window, "num_frames")
+        if len(source) > window:  # windows over the clip: they must move on
+            check_overlap(overlap, window)
         extensions = extensions_to_cover(len(source), window, overlap) if fields.extensions is None \
             else fields.extensions
         total = extended_length(window, overlap, extensions)
         length = total if fields.extensions is not None else min(total, len(source))
     if extensions > config.extend.max_extensions:
         raise InvalidRequest("extensions", f"at most {config.extend.max_extensions} extensions")
-    if extensions and not 1 <= overlap < window:
-        raise InvalidRequest("overlap_frames", f"overlap_frames must be within 1..{window - 1} for {window}-frame "
-                                               "windows")
+    if extensions:
+        check_overlap(overlap, window)
     return Frames(window=window, extensions=extensions, overlap=overlap, length=length)
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from ray import serve
 
 from tests.conftest import APP, POLL_S, metric, scrape, scrape_until, wait_for
-from tests.media import mp4, png, probe
+from tests.media import mp4, png, png_header, probe
 
 DONE = {"completed", "failed", "cancelled"}
 
@@ -310,6 +310,9 @@ def test_an_omitted_seed_is_drawn_and_reported(client: httpx.Client) -> None:
         ({"json": {"prompt": "x", "task": "t2i", "num_frames": 1, "extensions": 2}}, 400, "extensions"),
         ({"json": {"prompt": "x", "colour": "red"}}, 400, "colour"),
         ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, None),
+        ({"content": b"[" * 200_000, "headers": {"content-type": "application/json"}}, 400, None),
+        ({"data": {"prompt": "x"}, "files": {"input_reference": ("bomb.png", png_header(50_000, 50_000), "image/png")}},
+         422, "input_reference"),
         ({"content": b"prompt=x", "headers": {"content-type": "text/plain"}}, 400, None),
     ],
 )

@@ -271,3 +271,11 @@ def test_with_a_size_a_resize_policy_fits_keyframes_and_references(policy: str, 
         assert (fitted[0][:, :100] == GRAY).all(), "the sides are padded, not filled with the image"
     assert flf.params["resize_policy"] == vace.params["resize_policy"] == policy
     assert plan_of(Fields(prompt="x")).params["resize_policy"] is None, "no image, no policy"
+
+
+def test_an_overlap_as_long_as_the_window_over_a_source_clip_is_a_400_not_a_crash() -> None:
+    """With an uploaded clip longer than one window, the windows must move on: the overlap is checked before
+    the number of windows is worked out from it (once a division by zero, a 500)."""
+    clip = np.zeros((40, 32, 64, 3), np.uint8)
+    error = invalid(Fields(prompt="x", num_frames=17, overlap_frames=17), Media(video=clip, mask=clip))
+    assert (error.param, error.code) == ("overlap_frames", "invalid_value")

@@ -14,7 +14,9 @@ from PIL import Image
 
 from pipelines.video import (
     MediaError,
+    MediaTooLarge,
     VideoInfo,
+    decode_image,
     encode_mp4,
     normalize_image,
     normalize_video,
@@ -28,6 +30,7 @@ from tests.media import (
     dominant_frequency,
     media_file,
     moving_frames,
+    png_header,
     probe,
 )
 
@@ -329,3 +332,11 @@ def test_audio_only_file_is_not_a_video() -> None:
     for read in (probe_video, normalize_video):
         with pytest.raises(MediaError):
             read(buf.getvalue())
+
+
+@pytest.mark.parametrize("size", [(5000, 5000), (50_000, 50_000)])  # over our bound; and over Pillow's too
+def test_an_image_too_large_is_refused_from_its_header(size: tuple[int, int]) -> None:
+    """A PNG claiming more pixels than allowed is refused before a pixel is decoded, as a media error (a 4xx)."""
+    for read in (decode_image, normalize_image):
+        with pytest.raises(MediaTooLarge, match="pixels"):
+            read(png_header(*size))
