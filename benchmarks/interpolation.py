@@ -120,7 +120,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=33, help="input frames (the output has 2 * frames - 1)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--motion", type=float, nargs="+", default=[1.0, 2.5], help="motion scales, 1 = slow")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds at tiny sizes: that it still runs (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.width, args.height, args.frames, args.runs, args.motion = 128, 64, 5, 1, [1.0]
 
     default = next(name for name, preset in PRESETS.items() if preset == interpolation.DIS_PRESET)
     methods: dict[str, Callable[[np.ndarray], np.ndarray]] = {

@@ -61,6 +61,7 @@ def direct_job(args: argparse.Namespace) -> Callable[[], bytes]:
         task=Task.T2V, prompt=PROMPT, width=WIDTH, height=HEIGHT, num_frames=args.frames,
         num_inference_steps=args.steps, guidance_scale=variant.guidance_scale,
         guidance_scale_2=variant.guidance_scale_2, flow_shift=variant.flow_shift, seed=SEED,
+        negative_prompt=variant.negative_prompt,  # what the service sends when a request has none
     )
 
     def run() -> bytes:
@@ -103,7 +104,7 @@ def free_port() -> int:
 def app_args(root: Path) -> dict[str, Any]:
     return {
         "job_db": str(root / "jobs.db"),
-        "storage": {"kind": "local", "root": str(root / "outputs")},
+        "storage": {"root": str(root / "outputs")},
         "models": [{"name": MODEL, "ray_actor_options": {"num_cpus": 0.1}}],
     }
 
@@ -113,7 +114,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed jobs per path, after one warm-up (default 5)")
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per job (default 8)")
     parser.add_argument("--frames", type=int, default=17, help="frames per job, 4k+1 (default 17)")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds at tiny sizes: that it still runs (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.runs, args.steps, args.frames = 1, 2, 5
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
 

@@ -1,0 +1,24 @@
+"""Every benchmark's `--smoke` mode, so none can rot: each runs in seconds at tiny sizes and must still say what
+it measures. They start Ray themselves (in their own process), so conftest runs them before the shared app."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(("benchmark", "says"), [
+    ("interpolation", "ours (DIS medium, default)"),
+    ("stage_handoff", "same clip on both paths: yes"),
+    ("serving_overhead", "same MP4 bytes from both paths: yes"),  # the service does exactly the direct work
+])
+def test_benchmark_smoke(benchmark: str, says: str) -> None:
+    run = subprocess.run([sys.executable, "-m", f"benchmarks.{benchmark}", "--smoke"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert says in run.stdout, run.stdout
