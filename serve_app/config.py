@@ -121,6 +121,11 @@ class WebhookConfig(_Strict):
     max_attempts: int = Field(5, ge=1, le=20)
     backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")
     timeout_s: float = Field(10.0, gt=0)
+    allow_private_networks: bool = Field(False, description="deliver to loopback, private and link-local "
+                                         "addresses too (local receivers); also WAN_SERVE_WEBHOOK_ALLOW_PRIVATE=1")
+
+    def private_allowed(self) -> bool:
+        return self.allow_private_networks or os.environ.get("WAN_SERVE_WEBHOOK_ALLOW_PRIVATE") == "1"
 
     def signing_secret(self) -> str | None:
         """Unsigned webhooks when neither the config nor the environment gives a secret."""
@@ -132,6 +137,56 @@ class ExtendConfig(_Strict):
 
     overlap_frames: int = Field(15, ge=1)
     max_extensions: int = Field(20, ge=0)
+
+
+class MediaURLConfig(_Strict):
+    """Media fields given as URLs, fetched by the service through the same address guard as webhooks."""
+
+    enabled: bool = Field(True, description="accept https:// URLs in media fields")
+    allow_http: bool = Field(False, description="accept plain http:// URLs too")
+    allow_private_networks: bool = Field(False, description="fetch from loopback, private and link-local "
+                                         "addresses too; also WAN_SERVE_MEDIA_ALLOW_PRIVATE=1")
+    timeout_s: float = Field(20.0, gt=0, description="for the whole fetch of one URL")
+    max_mb: int = Field(64, ge=1, description="a fetched file's size (read in chunks; larger is a 413)")
+
+    def private_allowed(self) -> bool:
+        return self.allow_private_networks or os.environ.get("WAN_SERVE_MEDIA_ALLOW_PRIVATE") == "1"
+
+
+class LimitsConfig(_Strict):
+    """Bounds on what a request may carry or cost, each checked before the work it bounds."""
+
+    max_body_mb: int = Field(64, ge=1, description="a request body, counted as it streams in (chunked too): a 413")
+    max_file_mb: int = Field(64, ge=1, description="one multipart file part, and one session upload")
+    max_form_fields: int = Field(64, ge=1, description="fields and files in one multipart body")
+    max_json_depth: int = Field(32, ge=2, description="nesting of a JSON body")
+    max_prompt_chars: int = Field(4000, ge=1, description="a prompt or negative prompt")
+    max_metadata_keys: int = Field(16, ge=0, description="a session's metadata entries")
+    max_metadata_chars: int = Field(512, ge=1, description="each metadata key and value")
+    max_batch_prompts: int = Field(20, ge=1, le=100, description="prompts in one image batch")
+    max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=64 * 64, description="an input image's width x height, "
+                                  "read from its header before it is decoded (a larger one is a 422)")
+    min_media_side: int = Field(16, ge=1, description="an input image's or video's shorter side")
+    max_aspect_ratio: float = Field(8.0, ge=1, description="an input image's or video's long side / short side")
+    max_video_pixels: int = Field(2560 * 1440, ge=64 * 64, description="an input video's frame width x height, "
+                                  "read from the container before decoding")
+    max_video_frames: int = Field(2000, ge=1, description="an input video's frames, as stored and once retimed "
+                                  "to the model's frame rate")
+    min_video_fps: float = Field(1.0, gt=0, description="an input video's frame rate")
+    max_video_fps: float = Field(240.0, gt=0)
+    max_video_seconds: float = Field(300.0, gt=0, description="an input video's duration")
+    max_output_frames: int = Field(2000, ge=1, description="frames a request may produce, after extension "
+                                   "windows and interpolation")
+    max_output_pixel_frames: int = Field(1280 * 720 * 2000, ge=1, description="a request's cost: output frames "
+                                         "x width x height")
+
+
+class RetentionConfig(_Strict):
+    """How long records and their files are kept; unset: for ever (until deleted)."""
+
+    days: float | None = Field(None, gt=0, description="jobs, sessions and uploads older than this are removed "
+                                                       "with their files, on disk and in the bucket")
+    sweep_interval_s: float = Field(3600, gt=0)
 
 
 class AuthConfig(_Strict):
@@ -156,11 +211,11 @@ class AppConfig(_Strict):
     webhooks: WebhookConfig = WebhookConfig()
     extend: ExtendConfig = ExtendConfig()
     auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
+    media_urls: MediaURLConfig = MediaURLConfig()
+    retention: RetentionConfig = RetentionConfig()
+    api_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json (without a key)")
     public_url: str = Field("", description="this service's external base URL, for asset links in webhooks")
-    max_upload_mb: int = Field(64, ge=1)
-    max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=64 * 64, description="an input image's width x height, "
-                                  "read from its header before it is decoded (a larger one is a 422)")
-    max_batch_prompts: int = Field(20, ge=1, le=100)
     poll_after_ms: int = Field(1000, ge=100)
     encoder_replicas: int = Field(1, ge=1)
     interpolator_replicas: int = Field(1, ge=1)

@@ -90,9 +90,9 @@ class Gateway:
         self._tracker = tracker
         self._flow = flow
         self._uploader = uploader
-        self._media = MediaResolver(tracker, uploader, config.max_image_pixels)
+        self._media = MediaResolver(tracker, uploader, config.limits.max_image_pixels)
         self._links = AssetLinks(config.storage.s3)  # URLs only: files are the Uploader's
-        self._max_bytes = config.max_upload_mb * 2**20
+        self._max_bytes = config.limits.max_body_mb * 2**20
         self._poll = {"openai-poll-after-ms": str(config.poll_after_ms)}
 
     def _view(self, job: Job, request: Request) -> Video | ImageBatch:
@@ -300,7 +300,7 @@ class Gateway:
         data, filename = await read_upload(request, self._max_bytes)
         upload_id = f"upload_{uuid.uuid4().hex}"
         upload, stored = await asyncio.to_thread(normalize_upload, session_id, upload_id, data, filename,
-                                                 self._config.max_image_pixels)
+                                                 self._config.limits.max_image_pixels)
         upload.key_id = caller_of(request).key_id
         await self._uploader.put.remote(upload.key, stored, upload.content_type)
         await self._tracker.add_upload.remote(upload)

@@ -372,8 +372,8 @@ def interpolation_target(fields: Fields, fps: int) -> int:
 def route_batch(config: AppConfig, fields: Fields, prompts: list[str], job_id: str) -> Routed:
     """Text-to-image for each prompt as one job: image i uses seed + i; a PNG each and one ZIP of them all."""
     # 1. classify
-    if len(prompts) > config.max_batch_prompts:
-        raise InvalidRequest("prompts", f"at most {config.max_batch_prompts} prompts per batch")
+    if len(prompts) > config.limits.max_batch_prompts:
+        raise InvalidRequest("prompts", f"at most {config.limits.max_batch_prompts} prompts per batch")
     fields = replace(fields, task=Task.T2I, num_frames=1)
     variant, task = choose_variant(config, fields, Media(), None, None)
     # 2. resolve

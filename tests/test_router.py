@@ -176,7 +176,7 @@ def test_a_batch_names_a_bad_prompt_by_its_index_and_bounds_its_size() -> None:
         route_batch(config(), Fields(prompt="a"), ["a", " "], "batch_test")
     assert raised.value.param == "prompts[1]"
     with pytest.raises(InvalidRequest) as raised:
-        route_batch(config(max_batch_prompts=2), Fields(prompt="a"), ["a"] * 3, "batch_test")
+        route_batch(config(limits={"max_batch_prompts": 2}), Fields(prompt="a"), ["a"] * 3, "batch_test")
     assert raised.value.param == "prompts"
 
 
