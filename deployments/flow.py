@@ -22,10 +22,12 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.assets import AssetLinks
-from deployments.jobstore import Job, JobStatus
+from deployments.jobstore import Idempotency, Job, JobStatus
 from deployments.plan import (
     Encode,
     Extend,
@@ -38,12 +40,14 @@ from deployments.plan import (
     Submission,
     Upload,
 )
+from deployments.redact import scrub
 from deployments.storage import S3Config
 from pipelines.request import GenerationCancelled, InvalidRequest
 from serve_app.views import job_event
 
 log = logging.getLogger("ray.serve")
 Settle = Callable[[list[DeploymentResponse]], Awaitable[None]]
+REPLAY_POLL_S = 1.0  # how often a retried request polls jobs another runner replica owns
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,14 @@ class Ending:
     upload: dict[str, Any] | None = None
 
 
+# The replica that runs each stage, as a job's error names it when that replica dies under the job.
+ROLES = {"generate": "generator", "extend": "extender", "interpolate": "interpolator", "encode": "encoder",
+         "upload": "uploader"}
+# Ray's errors for a replica that died (or cannot be reached) while it had the request: the actor is gone.
+LOST = (RayActorError, ReplicaUnavailableError)
+LOST_NAMES = {"RayActorError", "ActorDiedError", "ActorUnavailableError", "ReplicaUnavailableError"}  # as StageFailed
+
+
 def ending(exc: BaseException, stage: str) -> Ending:
     """The end of a job that raised `exc` in `stage`."""
     match exc:
@@ -65,10 +77,20 @@ def ending(exc: BaseException, stage: str) -> Ending:
             return Ending(JobStatus.CANCELLED, ("cancelled", f"the flow runner stopped during {stage}"))
         case InvalidRequest():
             return Ending(JobStatus.FAILED, ("invalid_request", exc.message))
+        case StageFailed() if exc.message.split(":", 1)[0] in LOST_NAMES:
+            # a stage that calls a generator (the extender) saw it die: its own replica lives
+            return lost("generator")
         case StageFailed():
             return Ending(JobStatus.FAILED, (f"{exc.stage}_failed", exc.message))
-        case _:  # a replica died, or the runner itself broke: blame the stage it was in
+        case _ if _root(exc, LOST) is not None:
+            return lost(ROLES.get(stage, stage))
+        case _:  # the runner itself broke: blame the stage it was in
             return Ending(JobStatus.FAILED, (f"{stage}_failed", _reason(exc)))
+
+
+def lost(role: str) -> Ending:
+    """A replica died under the job: say so, without Ray's actor ids, pids and addresses."""
+    return Ending(JobStatus.FAILED, (f"{role}_lost", f"the {role} replica running this job died; submit it again"))
 
 
 @serve.deployment(max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
@@ -92,15 +114,18 @@ class FlowRunner:
         self._settle: Settle = self._settle_in_object_store
 
     async def submit(self, work: list[Submission], max_active: int, max_per_key: int | None = None,
-                     wait: bool = False) -> list[Job]:
+                     wait: bool = False, idempotency: Idempotency | None = None) -> list[Job]:
         """Admit every job of `work` or none (QueueFull: the model's or the key's limit), start each, and return
         them as created.
 
         With `wait`, return them once ended instead; a caller that goes away meanwhile cancels them, since
-        nobody is left to read their results (the jobs still end, in their own tasks).
+        nobody is left to read their results (the jobs still end, in their own tasks). A retry under the same
+        `idempotency` key and body gets the jobs the first request made, and nothing new starts.
         """
         jobs = [replace(w.job, owner=self._owner) for w in work]
-        await self._tracker.create.remote(jobs, max_active, max_per_key)
+        earlier = await self._tracker.create.remote(jobs, max_active, max_per_key, idempotency)
+        if earlier is not None:
+            return await self._ended(earlier) if wait else earlier
         tasks = [self._start(job.id, w.plan, w.inputs) for job, w in zip(jobs, work, strict=True)]
         if not wait:
             return jobs
@@ -111,6 +136,17 @@ class FlowRunner:
             await asyncio.gather(*(self._tracker.cancel.remote(j.id) for j in jobs))
             raise
         return [await self._tracker.get.remote(j.id) for j in jobs]
+
+    async def _ended(self, jobs: list[Job]) -> list[Job]:
+        """Jobs an earlier request made, once ended: their tasks here, or (another replica's) polled."""
+        ids = {j.id for j in jobs}
+        if mine := [t for t in self._tasks if t.get_name() in ids]:
+            await asyncio.shield(asyncio.wait(mine))
+        while True:
+            now = [await self._tracker.get.remote(j.id) for j in jobs]
+            if all(j is None or j.status.terminal for j in now):
+                return [j for j in now if j is not None]
+            await asyncio.sleep(REPLAY_POLL_S)
 
     def _start(self, job_id: str, plan: Plan, inputs: FlowInputs) -> asyncio.Task:
         task = asyncio.create_task(self._own(job_id, plan, inputs), name=job_id)
@@ -157,7 +193,8 @@ class FlowRunner:
                 delivery = await self._stages["notify"].notify.remote(notify.params.url, event)
                 await self._tracker.annotate.remote(job_id, webhook=delivery)
             if job.delete_requested:
-                await self._stages["upload"].delete.remote(job.assets)
+                if failed := await self._stages["upload"].delete.remote(job.assets):
+                    await self._tracker.defer_deletes.remote(failed)
                 await self._tracker.delete.remote(job_id)
         except Exception:
             log.exception("ending job %s", job_id, extra={"job_id": job_id})
@@ -197,13 +234,34 @@ class FlowRunner:
         raise ValueError(f"plan for {job_id} has no upload stage")
 
     async def _settle_in_object_store(self, responses: list[DeploymentResponse]) -> None:
-        """Wait until the stage's results exist, without fetching them here (errors surface downstream)."""
+        """Wait until the stage's results exist, without fetching them here, and raise the stage's error if it has
+        one, so a job fails in the stage that failed (a replica that died is named after its stage)."""
         refs = [await r._to_object_ref() for r in responses]
-        await asyncio.get_running_loop().run_in_executor(
-            self._waiters, lambda: ray.wait(refs, num_returns=len(refs), fetch_local=False))
+        await asyncio.get_running_loop().run_in_executor(self._waiters, _settle, refs)
+
+
+def _settle(refs: list[ray.ObjectRef]) -> None:
+    """Block until every ref is ready; raise the error of any that failed. Errors are small objects kept in this
+    process (as are small results): only refs with no copy in a node's object store are read, which moves no frames."""
+    ray.wait(refs, num_returns=len(refs), fetch_local=False)
+    stored = ray.experimental.get_object_locations(refs)
+    ray.get([ref for ref in refs if not stored[ref]["node_ids"]])
+
+
+def _root(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first of `exc`'s causes (Ray's `cause`, Python's `__cause__`) that is one of `types`."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, types):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__
+    return None
 
 
 def _reason(exc: BaseException) -> str:
-    """The root cause's message: Ray wraps a replica's exception in its own traceback text."""
+    """The root cause's message: Ray wraps a replica's exception in its own traceback text, which names actors,
+    pids and addresses; only the cause's first line is kept, scrubbed of paths, addresses and ids."""
     cause = getattr(exc, "cause", None) or exc
-    return f"{type(cause).__name__}: {cause}"[:500]
+    return scrub(f"{type(cause).__name__}: {cause}") if str(cause).strip() else type(cause).__name__

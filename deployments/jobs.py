@@ -10,17 +10,24 @@ is gone (a crash, a restart): the sweep.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from collections.abc import Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import ray
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
-from deployments.jobstore import ACTIVE, Job, JobStatus, Session, SQLiteJobStore, Upload
+from deployments.assets import AssetLinks
+from deployments.jobstore import ACTIVE, Idempotency, Job, JobStatus, Session, SQLiteJobStore, Upload
 from deployments.metrics import JobMetrics
-from deployments.storage import ON_HEAD_NODE
+from deployments.retention import Reaper
+from deployments.storage import ON_HEAD_NODE, S3Config
+from serve_app.views import job_event
 
 log = logging.getLogger("ray.serve")
 SERVE_NAMESPACE = "serve"  # where Serve names its replica actors
@@ -28,6 +35,9 @@ SERVE_NAMESPACE = "serve"  # where Serve names its replica actors
 
 SWEEP_INTERVAL_S = 30.0
 GAUGE_INTERVAL_S = 5.0  # gauges are levels: set again and again, or Ray stops exporting them
+DELIVERY_TIMEOUT_S = 600.0  # a swept job's webhook, with the Notifier's retries and backoff
+SESSION_VIEW_LIMIT = 100  # GET /v1/sessions/{id} shows the newest 100 jobs and the newest 100 uploads
+FILES_TIMEOUT_S = 300.0  # one call to the Uploader to delete files
 
 
 def _alive(actor_name: str) -> bool:
@@ -38,6 +48,11 @@ def _alive(actor_name: str) -> bool:
     return True
 
 
+async def _drain(deliveries: set[Future]) -> None:
+    log.info("job tracker shutting down: waiting for %d webhooks", len(deliveries))
+    await asyncio.wait([asyncio.wrap_future(d) for d in set(deliveries)])
+
+
 class QueueFull(Exception):
     """Too many jobs are already waiting for this model."""
 
@@ -46,11 +61,40 @@ class QueueFull(Exception):
         self.message = message  # read through Ray's wrapper, whose str() is a traceback
 
 
+class UploaderFiles:
+    """The Uploader's deletions through its handle, called from the tracker's threads (never its event loop)."""
+
+    def __init__(self, uploader: DeploymentHandle) -> None:
+        self._uploader = uploader
+
+    def delete(self, records: list[dict[str, Any]]) -> list[str]:
+        return self._uploader.delete.remote(records).result(timeout_s=FILES_TIMEOUT_S)
+
+    def delete_remote(self, keys: list[str]) -> list[str]:
+        return self._uploader.delete_remote.remote(keys).result(timeout_s=FILES_TIMEOUT_S)
+
+    def prune(self, prefix: str) -> None:
+        self._uploader.prune.remote(prefix).result(timeout_s=FILES_TIMEOUT_S)
+
+
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000,
                   ray_actor_options={"num_cpus": 0, "resources": ON_HEAD_NODE})
 class JobTracker:
-    def __init__(self, db_path: str) -> None:
+    def __init__(self, db_path: str, uploader: DeploymentHandle, retention_days: float | None = None,
+                 retention_sweep_s: float = 3600.0, notifier: DeploymentHandle | None = None,
+                 s3: S3Config | None = None, public_url: str = "", sweep_interval_s: float = SWEEP_INTERVAL_S) -> None:
         self._store = SQLiteJobStore(db_path)
+        # Jobs the sweep fails get their webhook, as the flow runner's do: the same event, links and Notifier.
+        self._notifier = notifier
+        self._links = AssetLinks(s3)
+        self._public_url = public_url
+        self._sweep_interval_s = sweep_interval_s
+        self._deliveries = ThreadPoolExecutor(max_workers=16, thread_name_prefix="webhook")
+        self._delivering: set[Future] = set()
+        self._sweeping = threading.Lock()
+        self._closing = False  # shutting down: the next tracker's sweep takes over
+        self._reaper = Reaper(self._store, UploaderFiles(uploader), lambda job_id: self.cancel(job_id, delete=True),
+                              retention_days)
         # Replicas of one job report concurrently (a batch's images); read-modify-writes take turns.
         self._lock = threading.Lock()
         self._metrics = JobMetrics()
@@ -59,28 +103,70 @@ class JobTracker:
         # runner lives on (this tracker alone was replaced, as in a redeploy) are left to it.
         self._sweep()
         threading.Thread(target=self._keep_up, daemon=True).start()
+        threading.Thread(target=self._expire, args=(retention_sweep_s,), daemon=True, name="retention").start()
 
     def _sweep(self) -> None:
+        with self._sweeping:
+            if not self._closing:
+                self._sweep_orphans()
+
+    def _sweep_orphans(self) -> None:
+        """Fail each queued or running job whose flow runner is gone, and send its webhook."""
         for job in self._store.active():
             if job.owner is not None and _alive(job.owner):
                 continue
             log.warning("job %s lost its flow runner %s: failing it", job.id, job.owner, extra={"job_id": job.id})
             ended = self.finish(job.id, JobStatus.FAILED, error=(
-                "interrupted", "the service restarted while this job was queued or running; submit it again"))
+                "interrupted", "the service lost this job's runner (a crash or a restart) before it ended; submit it "
+                "again"))
+            if ended is not None and ended.status is JobStatus.FAILED and ended.webhook_url and self._notifier:
+                # handed to a pool: the Notifier retries with backoff, and the sweep goes on meanwhile
+                delivery = self._deliveries.submit(self._notify, ended.id, ended.webhook_url,
+                                                   job_event(ended, self._links, self._public_url))
+                self._delivering.add(delivery)
+                delivery.add_done_callback(self._delivering.discard)
             if ended is not None and ended.delete_requested:
                 self._store.delete(job.id)  # it never completed, so it has no files to delete
         self._refresh()
 
+    def __del__(self) -> Coroutine[Any, Any, None] | None:
+        """Serve's graceful shutdown (a redeploy) awaits what this returns: the webhooks of the jobs the sweep failed
+        that are still on their way. Not `async def`, so the garbage collector's call makes no coroutine."""
+        if not hasattr(self, "_sweeping"):
+            return None  # __init__ never got this far
+        with self._sweeping:  # a sweep under way finishes first, so every delivery it starts is awaited
+            self._closing = True
+        return _drain(self._delivering) if self._delivering else None
+
+    def _notify(self, job_id: str, url: str, event: dict[str, Any]) -> None:
+        """Deliver a swept job's webhook through the Notifier and record the delivery on the job."""
+        assert self._notifier is not None
+        try:
+            delivery = self._notifier.notify.remote(url, event).result(timeout_s=DELIVERY_TIMEOUT_S)
+        except Exception:
+            log.exception("webhook for swept job %s", job_id, extra={"job_id": job_id})
+            return
+        self.annotate(job_id, webhook=delivery)
+
     def _keep_up(self) -> None:
-        """Refresh the gauges every few seconds, and sweep every SWEEP_INTERVAL_S."""
+        """Refresh the gauges every few seconds, and sweep every `sweep_interval_s`."""
         last_sweep = time.monotonic()
         while True:
-            time.sleep(GAUGE_INTERVAL_S)
-            if time.monotonic() - last_sweep >= SWEEP_INTERVAL_S:
+            time.sleep(min(GAUGE_INTERVAL_S, self._sweep_interval_s))
+            if time.monotonic() - last_sweep >= self._sweep_interval_s:
                 last_sweep = time.monotonic()
                 self._sweep()
             else:
                 self._refresh()
+
+    def _expire(self, interval_s: float) -> None:
+        """Every `interval_s`: retry the pending bucket deletions and remove expired records (the Reaper)."""
+        while True:
+            time.sleep(interval_s)
+            try:
+                self._reaper.sweep()
+            except Exception:  # the Uploader away, say: the next sweep tries again
+                log.exception("retention sweep failed")
 
     def _refresh(self) -> None:
         """Set the queued / in_progress gauges of every model from the store, the one source of truth."""
@@ -90,17 +176,24 @@ class JobTracker:
             for status in ACTIVE:
                 self._metrics.active.set(counts.get((model, status), 0), {"model": model, "status": status})
 
-    def create(self, jobs: list[Job], max_active: int, max_per_key: int | None = None) -> None:
+    def create(self, jobs: list[Job], max_active: int, max_per_key: int | None = None,
+               idempotency: Idempotency | None = None) -> list[Job] | None:
         """Admit all of `jobs` (one model's and one key's, each with its owner set) or none: QueueFull when they
-        would make more than `max_active` of the model's, or `max_per_key` of the key's, queued or running."""
-        full = self._store.create(jobs, max_active, max_per_key)
-        if full is not None:
+        would make more than `max_active` of the model's, or `max_per_key` of the key's, queued or running.
+
+        Returns None once admitted, or the jobs an earlier create made under the same `idempotency` key and body
+        (then nothing is admitted; KeyReused if the body differs)."""
+        refused = self._store.create(jobs, max_active, max_per_key, idempotency)
+        if isinstance(refused, list):
+            return refused
+        if refused is not None:
             more = f"{len(jobs)} more jobs" if len(jobs) > 1 else "another job"
-            limit, whose = (max_active, jobs[0].model) if full == "model" else (max_per_key, "this API key")
+            limit, whose = (max_active, jobs[0].model) if refused == "model" else (max_per_key, "this API key")
             raise QueueFull(f"{whose} has no room for {more}: at most {limit} queued or running")
         for job in jobs:
             self._metrics.created.inc(1, {"model": job.model, "kind": job.kind})
         self._refresh()
+        return None
 
     def get(self, job_id: str) -> Job | None:
         return self._store.get(job_id)
@@ -143,7 +236,8 @@ class JobTracker:
         self, job_id: str, status: JobStatus, assets: list[dict] | None = None,
         error: tuple[str, str] | None = None, upload: dict | None = None,
     ) -> Job | None:
-        fields: dict = dict(status=status, completed_at=time.time(), stage=None)
+        now = time.time()
+        fields: dict = dict(status=status, completed_at=now, stage=None, expires_at=self._reaper.expires_at(now))
         if status is JobStatus.COMPLETED:
             fields.update(progress=100, assets=assets or [], upload=upload)
         if error is not None:
@@ -173,6 +267,12 @@ class JobTracker:
     def delete(self, job_id: str) -> None:
         self._store.delete(job_id)
 
+    def defer_deletes(self, keys: list[str]) -> None:
+        """Bucket objects a deletion could not remove: the retention sweep retries them until they go."""
+        if keys:
+            log.warning("%d bucket objects could not be deleted: retrying on the next sweep", len(keys))
+            self._store.defer_deletes(keys)
+
     def queue(self) -> dict[str, dict[str, int]]:
         """Per model: jobs queued (waiting for a replica) and in progress."""
         counts = self._store.active_counts()
@@ -189,13 +289,21 @@ class JobTracker:
         self._store.create_session(session)
 
     def get_session(self, session_id: str) -> tuple[Session, list[Upload], list[Job]] | None:
+        """The session with its newest SESSION_VIEW_LIMIT uploads and jobs; None once its DELETE began."""
         session = self._store.get_session(session_id)
-        if session is None:
+        if session is None or session.deleting:
             return None
-        return session, self._store.uploads(session_id), self._store.jobs_in_session(session_id)
+        return (session, self._store.newest_uploads(session_id, SESSION_VIEW_LIMIT),
+                self._store.newest_in_session(session_id, SESSION_VIEW_LIMIT))
+
+    def delete_session(self, session_id: str) -> None:
+        """Remove the session with its uploads and jobs (running ones are stopped, then removed by their owner),
+        and their files, on disk and in the bucket."""
+        self._reaper.remove_session(session_id)
 
     def add_upload(self, upload: Upload) -> None:
         self._store.add_upload(upload)
 
     def upload(self, session_id: str, upload_id: str) -> Upload | None:
-        return next((u for u in self._store.uploads(session_id) if u.id == upload_id), None)
+        upload = self._store.get_upload(upload_id)
+        return upload if upload is not None and upload.session_id == session_id else None

@@ -1,7 +1,6 @@
-"""The job record and where it is kept: one interface, SQLite by default (embedded, survives restarts).
+"""Where the records are kept: one interface, SQLite by default (embedded, survives restarts).
 
-States: queued -> in_progress -> completed | failed | cancelled. Terminal states are final, so a late
-report from a stage can never bring a finished job back to life.
+The record types are in `deployments/records.py` and re-exported here.
 """
 
 from __future__ import annotations
@@ -10,109 +9,58 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
-from enum import StrEnum
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
+from deployments.records import Idempotency, Job, JobStatus, KeyReused, Session, Upload
 
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    IN_PROGRESS = "in_progress"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
-
+__all__ = ["ACTIVE", "TERMINAL", "Idempotency", "Job", "JobStatus", "JobStore", "KeyReused", "SQLiteJobStore",
+           "Session", "Upload"]
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.IN_PROGRESS)
+TERMINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 _LISTED = "IFNULL(json_extract(data, '$.delete_requested'), 0) = 0"  # a job being deleted is gone for clients
-
-
-@dataclass
-class Job:
-    """One accepted request and everything known about it; `params` and `plan` are JSON-able dicts."""
-
-    id: str
-    kind: str  # "video", "image" or "batch"
-    model: str
-    task: str
-    prompt: str
-    params: dict[str, Any]
-    plan: dict[str, Any]
-    status: JobStatus = JobStatus.QUEUED
-    session_id: str | None = None
-    webhook_url: str | None = None
-    owner: str | None = None  # the flow runner replica (a Ray actor) that created and runs the job
-    key_id: str | None = None  # the API key that made it (its digest's prefix, never the key); None: open mode
-    created_at: float = field(default_factory=time.time)
-    started_at: float | None = None
-    completed_at: float | None = None
-    stage: str | None = None  # the plan stage running now
-    step: int = 0  # denoising steps done, across every generation of the plan
-    total_steps: int = 0
-    segment_steps: dict[str, int] = field(default_factory=dict)  # steps done per generation
-    progress: int = 0
-    cancel_requested: bool = False
-    cancel_step: int | None = None  # the step the job had reached when cancellation was asked for
-    delete_requested: bool = False  # DELETE while it ran: gone for clients now, removed once it has stopped
-    error_code: str | None = None
-    error_message: str | None = None
-    assets: list[dict[str, Any]] = field(default_factory=list)  # deployments/assets.py:Asset records
-    upload: dict[str, Any] | None = None  # the object-store upload: status, error
-    webhook: dict[str, Any] | None = None  # the webhook delivery: delivered, attempts, status_code, error
-
-
-@dataclass
-class Session:
-    """A workspace: uploads go in, jobs refer to them, and their outputs are stored under it."""
-
-    id: str
-    created_at: float = field(default_factory=time.time)
-    metadata: dict[str, str] = field(default_factory=dict)
-    key_id: str | None = None
-
-
-@dataclass
-class Upload:
-    """A file uploaded into a session, normalised (video: MP4, image: RGB JPEG) and stored at `key`."""
-
-    id: str
-    session_id: str
-    kind: str  # "video" or "image"
-    filename: str
-    key: str
-    content_type: str
-    size_bytes: int
-    info: dict[str, Any] = field(default_factory=dict)  # width, height, frames, fps, duration_s, has_audio
-    created_at: float = field(default_factory=time.time)
-    key_id: str | None = None
+# Rows read under the lock at once: a page of a large read, so a generator's step report never waits long.
+PAGE = 200
 
 
 class JobStore(Protocol):
-    def create(self, jobs: list[Job], max_active: int, max_per_key: int | None = None) -> str | None: ...
+    def create(self, jobs: list[Job], max_active: int, max_per_key: int | None = None,
+               idempotency: Idempotency | None = None) -> list[Job] | str | None: ...
     def get(self, job_id: str) -> Job | None: ...
     def list(self, *, kind: str, after: str | None, limit: int, order: str,
              key_id: str | None = None) -> tuple[list[Job], bool]: ...
     def active_counts(self) -> dict[tuple[str, str], int]: ...
     def queue_position(self, job_id: str) -> int | None: ...
     def update(self, job_id: str, *, even_if_ended: bool = False, **fields: Any) -> Job | None: ...
-    def jobs_in_session(self, session_id: str) -> list[Job]: ...
+    def jobs_in_session(self, session_id: str) -> Iterator[Job]: ...
+    def newest_in_session(self, session_id: str, limit: int) -> list[Job]: ...
     def create_session(self, session: Session) -> None: ...
     def get_session(self, session_id: str) -> Session | None: ...
+    def update_session(self, session: Session) -> None: ...
+    def delete_session(self, session_id: str) -> None: ...
     def add_upload(self, upload: Upload) -> None: ...
-    def uploads(self, session_id: str) -> list[Upload]: ...
+    def get_upload(self, upload_id: str) -> Upload | None: ...
+    def uploads(self, session_id: str) -> Iterator[Upload]: ...
+    def newest_uploads(self, session_id: str, limit: int) -> list[Upload]: ...
+    def delete_uploads(self, upload_ids: list[str]) -> None: ...
     def delete(self, job_id: str) -> None: ...
-    def active(self) -> list[Job]: ...
+    def active(self) -> Iterator[Job]: ...
+    def expired_jobs(self, before: float) -> Iterator[Job]: ...
+    def expired_uploads(self, before: float) -> Iterator[Upload]: ...
+    def sessions_to_remove(self, before: float) -> Iterator[Session]: ...
+    def defer_deletes(self, keys: list[str]) -> None: ...
+    def pending_deletes(self) -> Iterator[list[str]]: ...
+    def deleted(self, keys: list[str]) -> None: ...
 
 
 class SQLiteJobStore:
     """Jobs in one SQLite file (WAL mode): the record as JSON, with the columns queries filter on.
 
-    One writer process, the JobTracker deployment; the lock serialises its threads.
+    One writer process, the JobTracker deployment; the lock serialises its threads. A read that could return
+    many rows is a generator of pages, each read under the lock on its own (`PAGE` rows at most).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -132,6 +80,15 @@ class SQLiteJobStore:
             "CREATE TABLE IF NOT EXISTS uploads (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, "
             "session_id TEXT NOT NULL, data TEXT NOT NULL)"
         )
+        self._db.execute("CREATE INDEX IF NOT EXISTS uploads_session ON uploads (session_id, seq)")
+        # One row per job made under an Idempotency-Key (n for an images call); removed with the job.
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS idempotency (key_id TEXT NOT NULL, key TEXT NOT NULL, "
+            "fingerprint TEXT NOT NULL, job_id TEXT NOT NULL, PRIMARY KEY (key_id, key, job_id))"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS idempotency_job ON idempotency (job_id)")
+        # Bucket objects whose deletion failed: retried by the retention sweep until it succeeds.
+        self._db.execute("CREATE TABLE IF NOT EXISTS pending_deletions (key TEXT PRIMARY KEY, since REAL NOT NULL)")
 
     @staticmethod
     def _decode(data: str) -> Job:
@@ -148,10 +105,45 @@ class SQLiteJobStore:
         row = self._db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return self._decode(row[0]) if row else None
 
-    def create(self, jobs: list[Job], max_active: int, max_per_key: int | None = None) -> str | None:
-        """Store all of `jobs` (one model's, one key's), or none when they would make more than `max_active` of
-        the model's or `max_per_key` of the key's queued or running: then what is full, "model" or "key"."""
+    def _pages(self, table: str, key: str, where: str, args: tuple[Any, ...] = ()) -> Iterator[str]:
+        """The `data` of every row of `table` matching `where`, in `key` order: PAGE rows scanned per lock hold.
+
+        Rows that do not match come back as NULL, so a filter no index serves still costs one page per hold.
+        """
+        last = -1
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT {key}, CASE WHEN {where} THEN data END FROM {table} WHERE {key} > ? "
+                    f"ORDER BY {key} LIMIT ?", (*args, last, PAGE)).fetchall()
+            yield from (data for _, data in rows if data is not None)
+            if len(rows) < PAGE:
+                return
+            last = rows[-1][0]
+
+    def _existing(self, key_id: str, idempotency: Idempotency) -> list[Job] | None:
+        """The jobs an earlier create made under this key; KeyReused if it came with another body."""
+        rows = self._db.execute(
+            f"SELECT i.fingerprint, j.data FROM idempotency AS i JOIN jobs AS j ON j.id = i.job_id "
+            f"WHERE i.key_id = ? AND i.key = ? AND {_LISTED} ORDER BY j.seq", (key_id, idempotency.key)).fetchall()
+        if not rows:
+            return None
+        if any(fingerprint != idempotency.fingerprint for fingerprint, _ in rows):
+            raise KeyReused("this Idempotency-Key was already used with another request body")
+        return [self._decode(data) for _, data in rows]
+
+    def create(self, jobs: list[Job], max_active: int, max_per_key: int | None = None,
+               idempotency: Idempotency | None = None) -> list[Job] | str | None:
+        """Store all of `jobs` (one model's, one key's): None. Or none when they would make more than `max_active`
+        of the model's or `max_per_key` of the key's queued or running: then what is full, "model" or "key".
+
+        With `idempotency`, the jobs an earlier create made under the same key and body come back instead, in
+        the same lock hold as the admission, so two identical requests at once make one set of jobs.
+        """
+        key_id = jobs[0].key_id or ""
         with self._lock:
+            if idempotency is not None and (existing := self._existing(key_id, idempotency)) is not None:
+                return existing
             (active,) = self._db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE model = ? AND status IN (?, ?)", (jobs[0].model, *ACTIVE)
             ).fetchone()
@@ -169,6 +161,10 @@ class SQLiteJobStore:
                     "INSERT INTO jobs (id, kind, model, status, data) VALUES (?, ?, ?, ?, ?)",
                     [(j.id, j.kind, j.model, j.status, json.dumps(asdict(j))) for j in jobs],
                 )
+                if idempotency is not None:
+                    self._db.executemany(
+                        "INSERT INTO idempotency (key_id, key, fingerprint, job_id) VALUES (?, ?, ?, ?)",
+                        [(key_id, idempotency.key, idempotency.fingerprint, j.id) for j in jobs])
             return None
 
     def get(self, job_id: str) -> Job | None:
@@ -225,16 +221,24 @@ class SQLiteJobStore:
             return job
 
     def delete(self, job_id: str) -> None:
-        with self._lock:
+        """The record and its idempotency keys: a retry after this makes a new job."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            self._db.execute("DELETE FROM idempotency WHERE job_id = ?", (job_id,))
 
-    def jobs_in_session(self, session_id: str) -> list[Job]:
+    def jobs_in_session(self, session_id: str) -> Iterator[Job]:
+        """Every job of the session, deleted ones included (their files are the session's too), page by page."""
+        for data in self._pages("jobs", "seq", "json_extract(data, '$.session_id') = ?", (session_id,)):
+            yield self._decode(data)
+
+    def newest_in_session(self, session_id: str, limit: int) -> list[Job]:
+        """The session's `limit` newest jobs clients see, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT data FROM jobs WHERE json_extract(data, '$.session_id') = ? AND {_LISTED} ORDER BY seq",
-                (session_id,),
-            ).fetchall()
-        return [self._decode(r[0]) for r in rows]
+                f"SELECT data FROM jobs WHERE json_extract(data, '$.session_id') = ? AND {_LISTED} "
+                "ORDER BY seq DESC LIMIT ?", (session_id, limit)).fetchall()
+        return [self._decode(r[0]) for r in reversed(rows)]
 
     def create_session(self, session: Session) -> None:
         with self._lock:
@@ -246,20 +250,83 @@ class SQLiteJobStore:
             row = self._db.execute("SELECT data FROM sessions WHERE id = ?", (session_id,)).fetchone()
         return Session(**json.loads(row[0])) if row else None
 
+    def update_session(self, session: Session) -> None:
+        with self._lock:
+            self._db.execute("UPDATE sessions SET data = ? WHERE id = ?", (json.dumps(asdict(session)), session.id))
+
+    def delete_session(self, session_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
     def add_upload(self, upload: Upload) -> None:
         with self._lock:
             self._db.execute("INSERT INTO uploads (id, session_id, data) VALUES (?, ?, ?)",
                              (upload.id, upload.session_id, json.dumps(asdict(upload))))
 
-    def uploads(self, session_id: str) -> list[Upload]:
+    def get_upload(self, upload_id: str) -> Upload | None:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT data FROM uploads WHERE session_id = ? ORDER BY seq", (session_id,)
-            ).fetchall()
-        return [Upload(**json.loads(r[0])) for r in rows]
+            row = self._db.execute("SELECT data FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        return Upload(**json.loads(row[0])) if row else None
 
-    def active(self) -> list[Job]:
-        """Every job still queued or running."""
+    def uploads(self, session_id: str) -> Iterator[Upload]:
+        for data in self._pages("uploads", "seq", "session_id = ?", (session_id,)):
+            yield Upload(**json.loads(data))
+
+    def newest_uploads(self, session_id: str, limit: int) -> list[Upload]:
+        """The session's `limit` newest uploads, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT data FROM jobs WHERE status IN (?, ?) ORDER BY seq", ACTIVE).fetchall()
-        return [self._decode(r[0]) for r in rows]
+            rows = self._db.execute("SELECT data FROM uploads WHERE session_id = ? ORDER BY seq DESC LIMIT ?",
+                                    (session_id, limit)).fetchall()
+        return [Upload(**json.loads(r[0])) for r in reversed(rows)]
+
+    def delete_uploads(self, upload_ids: list[str]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM uploads WHERE id = ?", [(u,) for u in upload_ids])
+
+    def active(self) -> Iterator[Job]:
+        """Every job still queued or running, page by page."""
+        for data in self._pages("jobs", "seq", "status IN (?, ?)", ACTIVE):
+            yield self._decode(data)
+
+    def expired_jobs(self, before: float) -> Iterator[Job]:
+        """Jobs that ended before `before` (or began then, if they never recorded an end): never an active one."""
+        where = ("status IN (?, ?, ?) AND "
+                 "COALESCE(json_extract(data, '$.completed_at'), json_extract(data, '$.created_at')) < ?")
+        for data in self._pages("jobs", "seq", where, (*TERMINAL, before)):
+            yield self._decode(data)
+
+    def expired_uploads(self, before: float) -> Iterator[Upload]:
+        for data in self._pages("uploads", "seq", "json_extract(data, '$.created_at') < ?", (before,)):
+            yield Upload(**json.loads(data))
+
+    def sessions_to_remove(self, before: float) -> Iterator[Session]:
+        """Sessions whose DELETE did not finish, and sessions made before `before` with no job or upload left."""
+        where = ("IFNULL(json_extract(data, '$.deleting'), 0) OR (json_extract(data, '$.created_at') < ? AND "
+                 "NOT EXISTS (SELECT 1 FROM jobs WHERE json_extract(jobs.data, '$.session_id') = sessions.id) AND "
+                 "NOT EXISTS (SELECT 1 FROM uploads WHERE uploads.session_id = sessions.id))")
+        for data in self._pages("sessions", "rowid", where, (before,)):
+            yield Session(**json.loads(data))
+
+    def defer_deletes(self, keys: list[str]) -> None:
+        """Bucket objects to delete on a later sweep, since deleting them now failed."""
+        with self._lock:
+            self._db.executemany("INSERT OR IGNORE INTO pending_deletions (key, since) VALUES (?, ?)",
+                                 [(k, time.time()) for k in keys])
+
+    def pending_deletes(self) -> Iterator[list[str]]:
+        """The deferred bucket deletions, a page at a time."""
+        last = ""
+        while True:
+            with self._lock:
+                keys = [k for (k,) in self._db.execute(
+                    "SELECT key FROM pending_deletions WHERE key > ? ORDER BY key LIMIT ?", (last, PAGE))]
+            if keys:
+                yield keys
+            if len(keys) < PAGE:
+                return
+            last = keys[-1]
+
+    def deleted(self, keys: list[str]) -> None:
+        """Deferred deletions that have now succeeded."""
+        with self._lock:
+            self._db.executemany("DELETE FROM pending_deletions WHERE key = ?", [(k,) for k in keys])

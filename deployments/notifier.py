@@ -26,6 +26,8 @@ from typing import Any
 import httpx
 from ray import serve
 
+from deployments.outbound import OutboundError, URLRefused, describe, guarded_client
+
 log = logging.getLogger("ray.serve")
 
 SECRET_PREFIX = "whsec_"
@@ -100,7 +102,9 @@ async def deliver(
     """POST `event` to `url` until a 2xx, a final answer or `max_attempts`; never raises for the receiver's faults.
 
     The webhook-id is the event's id, so a redelivery of the same event (even by a restarted caller) carries
-    the same id. `timeout_s` bounds each attempt as a whole, not each read.
+    the same id. `timeout_s` bounds each attempt as a whole, not each read. `client` is a `guarded_client`, so
+    an address not allowed is a final failure; the error kept is `describe`'s (published on the job: no
+    addresses or errno text, which would make the service a port scanner).
     """
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
@@ -116,10 +120,10 @@ async def deliver(
                 request = client.build_request("POST", url, content=body, headers=_headers(secret, webhook_id, body))
                 response = await client.send(request, stream=True)
                 await response.aclose()
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            return Delivery(False, attempt, None, f"{type(exc).__name__}: {exc}")
-        except (httpx.TransportError, TimeoutError) as exc:
-            status, error = None, (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        except (URLRefused, httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            return Delivery(False, attempt, None, describe(exc))
+        except (OutboundError, httpx.TransportError, TimeoutError) as exc:
+            status, error = None, describe(exc)
         else:
             status = response.status_code
             if response.is_success:
@@ -139,12 +143,12 @@ class Notifier:
     """Delivers job events to webhooks; one HTTP client per replica, so connections are reused."""
 
     def __init__(self, secret: str | None, max_attempts: int = 5, backoff_s: float = 1.0,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, allow_private: bool = False) -> None:
         self._secret = secret
         self._max_attempts = max_attempts
         self._backoff_s = backoff_s
         self._timeout_s = timeout_s
-        self._client = httpx.AsyncClient()
+        self._client = guarded_client(allow_private=allow_private, timeout_s=timeout_s)
 
     async def notify(self, url: str, event: dict[str, Any]) -> dict[str, Any]:
         delivery = await deliver(self._client, url, event, self._secret, max_attempts=self._max_attempts,

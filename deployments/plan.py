@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.jobstore import Job
+from deployments.redact import scrub
 from pipelines.extend import Method
 from pipelines.request import GenerationCancelled, GenerationRequest, InvalidRequest
 
@@ -162,7 +163,7 @@ def stage(kind: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaita
             except PASS_THROUGH:
                 raise
             except Exception as exc:
-                raise StageFailed(kind, f"{type(exc).__name__}: {exc}"[:500]) from exc
+                raise StageFailed(kind, scrub(f"{type(exc).__name__}: {exc}")) from exc
 
         return run
 

@@ -7,6 +7,7 @@ a public or presigned URL.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -27,16 +28,21 @@ MIB = 1024 * 1024
 ON_HEAD_NODE = {"node:__internal_head__": 0.001}
 
 
+def session_prefix(session_id: str) -> str:
+    """The folder holding everything of one session: its uploads and its jobs' outputs."""
+    return f"sessions/{session_id}/"
+
+
 def job_prefix(job_id: str, session_id: str | None) -> str:
     """The folder holding one job's outputs, under its session when it has one so a session can be listed."""
     if session_id is None:
         return f"generations/{job_id}/"
-    return f"sessions/{session_id}/generations/{job_id}/"
+    return f"{session_prefix(session_id)}generations/{job_id}/"
 
 
 def upload_key(session_id: str, upload_id: str, ext: str) -> str:
     """Where a client's upload for a session is kept, beside that session's generations."""
-    return f"sessions/{session_id}/uploads/{upload_id}.{ext}"
+    return f"{session_prefix(session_id)}uploads/{upload_id}.{ext}"
 
 
 class StorageError(Exception):
@@ -83,6 +89,16 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def prune(self, prefix: str) -> None:
+        """Remove the empty folders under `prefix` (the folder itself included), deepest first; files stay."""
+        top = self._path(prefix)
+        if not top.is_dir() or top == self.root:
+            return
+        folders = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+        for folder in [*folders, top]:
+            with contextlib.suppress(OSError):  # not empty, or a writer just put a file in it: it stays
+                folder.rmdir()
 
 
 class S3Config(BaseModel):

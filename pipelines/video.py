@@ -24,23 +24,16 @@ from av.container import InputContainer, OutputContainer
 from av.video.stream import VideoStream
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipelines.bounds import MAX_IMAGE_PIXELS as MAX_IMAGE_PIXELS
+from pipelines.bounds import MediaBounds, MediaError, MediaTooLarge, bounded_frames, bounded_stream, check_frame_size
+
 THUMBNAIL_EDGE = 256
 THUMBNAIL_QUALITY = 85
-MAX_DECODED_FRAMES = 1024
 JPEG_QUALITY = 95
-MAX_IMAGE_PIXELS = 4096 * 4096  # an input image's bound, read from its header before decoding
 DEFAULT_FPS = 16
 DEFAULT_CRF = 18  # visually lossless H.264
 AAC_RATES = av.Codec("aac", "w").audio_rates
 X264_CPU_AVX512 = 0x0010000  # x264.h
-
-
-class MediaError(ValueError):
-    """An upload that is not a readable image or video."""
-
-
-class MediaTooLarge(MediaError):
-    """A readable upload beyond a limit, found from its header before it was decoded."""
 
 
 @dataclass(frozen=True)
@@ -77,19 +70,20 @@ def encode_mp4(frames: np.ndarray, fps: int, crf: int = DEFAULT_CRF, audio: byte
         raise MediaError(f"not a readable audio source: {exc}") from exc
 
 
-def normalize_video(data: bytes) -> bytes:
-    """An upload as an H.264 MP4: an H.264 MP4 unchanged (no generation loss), anything else re-encoded.
+def normalize_video(data: bytes, bounds: MediaBounds = MediaBounds()) -> bytes:
+    """An upload within `bounds` as an H.264 MP4: an H.264 MP4 unchanged (no generation loss), anything else
+    re-encoded.
 
     The conversion keeps the source's frames and frame rate, crops odd sizes to even (yuv420p), and carries
     its audio over as AAC.
     """
     try:
         with _open(data) as container:
-            stream = _video_stream(container)
+            stream = bounded_stream(container, bounds)
             if _container_name(container, data) == "mp4" and stream.codec_context.name == "h264":
                 return data
             stream.thread_type = "AUTO"
-            decoded = (f.to_ndarray(format="rgb24") for f in container.decode(stream))
+            decoded = (f.to_ndarray(format="rgb24") for f in bounded_frames(container, stream, bounds))
             first = next(decoded, None)
             if first is None:
                 raise MediaError("the video has no frames")
@@ -124,19 +118,14 @@ def probe_video(data: bytes) -> VideoInfo:
         raise MediaError(f"not a readable video: {exc}") from exc
 
 
-def decode_video(data: bytes, max_frames: int = MAX_DECODED_FRAMES) -> tuple[np.ndarray, float]:
-    """Decode an uploaded video to FxHxWx3 uint8 frames and its frame rate."""
+def decode_video(data: bytes, bounds: MediaBounds = MediaBounds()) -> tuple[np.ndarray, float]:
+    """Decode an uploaded video to FxHxWx3 uint8 frames and its frame rate, once its container is within
+    `bounds`; at most `bounds.max_frames` frames are ever held."""
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            if not container.streams.video:
-                raise MediaError("the upload has no video stream")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0) or 16.0
-            frames = []
-            for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if len(frames) > max_frames:
-                    raise MediaError(f"the video has more than {max_frames} frames")
+        with _open(data) as container:
+            stream = bounded_stream(container, bounds)
+            fps = float(stream.average_rate or stream.guessed_rate)
+            frames = [frame.to_ndarray(format="rgb24") for frame in bounded_frames(container, stream, bounds)]
     except av.FFmpegError as exc:
         raise MediaError(f"not a readable video: {exc}") from exc
     if not frames:
@@ -159,34 +148,33 @@ def resample_frames(frames: np.ndarray, src_fps: float, dst_fps: float) -> np.nd
 
 
 @contextlib.contextmanager
-def _bounded_image(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
+def _bounded_image(data: bytes, bounds: MediaBounds) -> Iterator[Image.Image]:
     """An image opened lazily, its size read from the header and checked before a pixel is decoded."""
     try:
         with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > max_pixels:
-                raise MediaTooLarge(f"the image is {img.width}x{img.height}, more than {max_pixels:,} pixels")
+            check_frame_size(img.width, img.height, bounds.max_image_pixels, bounds)
             yield img
     except Image.DecompressionBombError as exc:  # Pillow's own bound, far above ours: still a 4xx, never a 500
         raise MediaTooLarge(f"the image is too large to decode: {exc}") from exc
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Decode an uploaded image (PNG, JPEG, WEBP, ...) to HxWx3 uint8, refusing one of over `max_pixels`."""
+def decode_image(data: bytes, bounds: MediaBounds = MediaBounds()) -> np.ndarray:
+    """Decode an uploaded image (PNG, JPEG, WEBP, ...) to HxWx3 uint8, refusing one outside `bounds`."""
     try:
-        with _bounded_image(data, max_pixels) as img:
+        with _bounded_image(data, bounds) as img:
             return np.asarray(img.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
         raise MediaError("not a readable image (PNG, JPEG or WEBP expected)") from exc
 
 
-def normalize_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes:
+def normalize_image(data: bytes, bounds: MediaBounds = MediaBounds()) -> bytes:
     """An uploaded image as an upright RGB JPEG (quality 95).
 
     EXIF orientation is applied, transparency is flattened onto white, and the metadata (EXIF, GPS) is
     dropped, since the image is always re-encoded.
     """
     try:
-        with _bounded_image(data, max_pixels) as img:
+        with _bounded_image(data, bounds) as img:
             upright = ImageOps.exif_transpose(img)
             if upright.mode.startswith("I;16"):  # 16-bit greyscale: convert() would clip it, not scale it
                 upright = upright.convert("I").point(lambda v: v / 256).convert("L")

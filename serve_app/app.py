@@ -59,7 +59,13 @@ def build_app(args: dict[str, Any]) -> Application:
     keys = config.auth.keys()
     if keys.open and config.auth.required:
         raise ConfigError(f"auth.required is set and no API key is configured (auth.api_keys, {config.auth.keys_env})")
-    tracker = JobTracker.bind(config.job_db)
+    storage, hooks = config.storage, config.webhooks
+    uploader = Uploader.bind(storage.root, storage.s3)
+    notifier = Notifier.bind(hooks.signing_secret(), hooks.max_attempts, hooks.backoff_s, hooks.timeout_s,
+                             hooks.private_allowed())
+    tracker = JobTracker.bind(config.job_db, uploader, config.retention.days, config.retention.sweep_interval_s,
+                              notifier=notifier, s3=storage.s3, public_url=config.public_url,
+                              sweep_interval_s=config.orphan_sweep_s)
     generators = {
         m.name: WanGenerator.options(**generator_options(m)).bind(
             model=m.name, tracker=tracker, weights=m.weights, dtype=m.dtype, device=m.device,
@@ -67,16 +73,14 @@ def build_app(args: dict[str, Any]) -> Application:
         )
         for m in config.models
     }
-    storage, hooks = config.storage, config.webhooks
     # Runners wait on generations: on a redeploy, the old replicas must outlive the longest one.
     drain = {"graceful_shutdown_timeout_s": max(m.graceful_shutdown_timeout_s for m in config.models)}
-    uploader = Uploader.bind(storage.root, storage.s3)
     stages = {
         "extend": Extender.options(**drain).bind(generators),
         "interpolate": Interpolator.options(num_replicas=config.interpolator_replicas).bind(),
         "encode": VideoEncoder.options(num_replicas=config.encoder_replicas).bind(),
         "upload": uploader,
-        "notify": Notifier.bind(hooks.signing_secret(), hooks.max_attempts, hooks.backoff_s, hooks.timeout_s),
+        "notify": notifier,
     }
     flow = FlowRunner.options(**drain).bind(generators, stages, tracker, storage.s3, config.public_url)
     return Gateway.options(num_replicas=config.gateway_replicas).bind(config, tracker, flow, uploader, keys)

@@ -175,6 +175,8 @@ class LimitsConfig(_Strict):
     min_video_fps: float = Field(1.0, gt=0, description="an input video's frame rate")
     max_video_fps: float = Field(240.0, gt=0)
     max_video_seconds: float = Field(300.0, gt=0, description="an input video's duration")
+    max_video_decoded_mb: int = Field(2048, ge=1, description="an input video's RGB frames once decoded (width x "
+                                      "height x 3 x frames, from the container): the memory one video may take")
     max_output_frames: int = Field(2000, ge=1, description="frames a request may produce, after extension "
                                    "windows and interpolation")
     max_output_pixel_frames: int = Field(1280 * 720 * 2000, ge=1, description="a request's cost: output frames "
@@ -216,6 +218,8 @@ class AppConfig(_Strict):
     retention: RetentionConfig = RetentionConfig()
     api_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json (without a key)")
     public_url: str = Field("", description="this service's external base URL, for asset links in webhooks")
+    orphan_sweep_s: float = Field(30.0, gt=0, description="how often the job tracker fails the queued and running "
+                                  "jobs whose flow runner replica is gone (a crash), and sends their webhooks")
     poll_after_ms: int = Field(1000, ge=100)
     encoder_replicas: int = Field(1, ge=1)
     interpolator_replicas: int = Field(1, ge=1)

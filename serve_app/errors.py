@@ -6,6 +6,7 @@ tracker); `install` maps each to its HTTP status here, so no module below the ha
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
@@ -17,6 +18,7 @@ from deployments.jobs import QueueFull
 from pipelines.request import InvalidRequest
 from serve_app.schemas import ErrorDetail, ErrorResponse
 
+log = logging.getLogger("ray.serve")
 RETRY_AFTER_S = 30  # what a 429 asks a client to wait: about one short generation
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict_error",
           413: "invalid_request_error", 416: "invalid_request_error", 422: "invalid_request_error",
@@ -63,11 +65,19 @@ def as_api_error(exc: Exception) -> APIError:
 
 
 def install(app: FastAPI) -> None:
-    """Answer every domain error in OpenAI's shape."""
+    """Answer every domain error in OpenAI's shape, and anything else as a bare 500."""
     handler: Callable[[Request, Exception], Awaitable[JSONResponse]] = _handle
     for error_type in (APIError, InvalidRequest, QueueFull, RequestValidationError):
         app.add_exception_handler(error_type, handler)
+    app.add_exception_handler(Exception, _unexpected)
 
 
 async def _handle(_: Request, exc: Exception) -> JSONResponse:
     return error_response(as_api_error(exc))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: the client learns only that it happened; the traceback, with whatever addresses, paths or actor ids
+    it names, goes to the replica's log."""
+    log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(APIError(500, "internal error", code="internal_error"))

@@ -20,22 +20,26 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.assets import AssetLinks
-from deployments.jobstore import Job, JobStatus, Session, Upload
+from deployments.jobstore import Idempotency, Job, JobStatus, KeyReused, Session, Upload
 from deployments.plan import Submission
 from pipelines.variants import CATALOG, Task
-from serve_app import errors
+from serve_app import errors, openapi
 from serve_app.auth import Caller, Keys, authorize, caller_of
-from serve_app.body import read_body, read_upload, validated
+from serve_app.body import BodyLimit, read_body, read_upload, validated
 from serve_app.config import AppConfig, generator_name
 from serve_app.content import asset_response
 from serve_app.errors import APIError
-from serve_app.media import MEDIA_FIELDS, MediaResolver, normalize_upload
+from serve_app.idempotency import KeyHeader, idempotency
+from serve_app.limits import check_metadata, media_bounds
+from serve_app.media import MEDIA_FIELDS, MediaResolver, check_webhook, normalize_upload
+from serve_app.openapi import UPLOAD_BODY, remove_docs, video_body
 from serve_app.router import Fields, Media, Routed, route, route_batch
 from serve_app.schemas import (
     BatchDeleted,
     ImageBatch,
     ImageBatchRequest,
     ImageData,
+    ImageDeleted,
     ImageGenerationRequest,
     ImagesResponse,
     ModelCard,
@@ -43,6 +47,7 @@ from serve_app.schemas import (
     Queue,
     QueueEntry,
     SessionCreateRequest,
+    SessionDeleted,
     SessionUpload,
     Video,
     VideoCreateRequest,
@@ -59,6 +64,8 @@ log = logging.getLogger("ray.serve")
 api = FastAPI(title="wan-serve", summary="Every Wan task behind an OpenAI-compatible video API",
               dependencies=[Depends(authorize)])
 errors.install(api)
+api.add_middleware(BodyLimit)  # every body within config.limits, whatever reads it
+openapi.install(api)
 
 
 def _url(url: object | None) -> str | None:
@@ -84,15 +91,17 @@ class Gateway:
     def __init__(self, config: AppConfig, tracker: DeploymentHandle, flow: DeploymentHandle,
                  uploader: DeploymentHandle, keys: Keys) -> None:
         api.state.keys = keys  # read by `authorize`, the dependency every route but /health runs
+        api.state.limits = config.limits  # read by `BodyLimit`
         if keys.open:
             log.warning("no API key is configured: the service is open to anyone who can reach it")
+        if not config.api_docs:
+            remove_docs(api)
         self._config = config
         self._tracker = tracker
         self._flow = flow
         self._uploader = uploader
-        self._media = MediaResolver(tracker, uploader, config.limits.max_image_pixels)
+        self._media = MediaResolver(tracker, uploader, config)
         self._links = AssetLinks(config.storage.s3)  # URLs only: files are the Uploader's
-        self._max_bytes = config.limits.max_body_mb * 2**20
         self._poll = {"openai-poll-after-ms": str(config.poll_after_ms)}
 
     def _view(self, job: Job, request: Request) -> Video | ImageBatch:
@@ -106,11 +115,14 @@ class Gateway:
             raise APIError(404, f"no {kind} with id {job_id!r}", param=f"{kind}_id", code="not_found")
         return job
 
-    async def _submit(self, work: list[Submission], wait: bool = False) -> list[Job]:
+    async def _submit(self, work: list[Submission], wait: bool = False, key: Idempotency | None = None) -> list[Job]:
         """Hand jobs to the FlowRunner, which admits them all or none (a full queue, the model's or the key's, is
-        a 429) and runs them."""
+        a 429) and runs them; or gives back those an earlier request with the same Idempotency-Key made."""
         limit = self._config.model(work[0].job.model).max_queued_jobs
-        return await self._flow.submit.remote(work, limit, self._config.auth.max_active_jobs_per_key, wait)
+        try:
+            return await self._flow.submit.remote(work, limit, self._config.auth.max_active_jobs_per_key, wait, key)
+        except KeyReused as exc:
+            raise APIError(409, exc.message, code="idempotency_key_reused") from None
 
     async def _delete(self, job: Job) -> None:
         """A finished job's files and record go now; a queued or running one is stopped, then removed by its
@@ -119,7 +131,9 @@ class Gateway:
             job = await self._tracker.cancel.remote(job.id, delete=True)
             if job is None or not job.status.terminal:
                 return
-        await self._uploader.delete.remote(job.assets)  # it ended before the cancel reached it
+        # it ended before the cancel reached it; bucket copies that cannot go now are retried by the sweep
+        if failed := await self._uploader.delete.remote(job.assets):
+            await self._tracker.defer_deletes.remote(failed)
         await self._tracker.delete.remote(job.id)
 
     async def _session(self, request: Request, session_id: str | None) -> tuple[Session, list[Upload], list[Job]]:
@@ -135,10 +149,13 @@ class Gateway:
 
     # --- /v1/videos ---------------------------------------------------------------------------------
 
-    @api.post("/v1/videos", response_model=Video | VideoPlan)
-    async def create_video(self, request: Request, dry_run: bool = False) -> JSONResponse:
-        fields, raw = await read_body(request, self._max_bytes)
+    @api.post("/v1/videos", response_model=Video | VideoPlan, openapi_extra=video_body(MEDIA_FIELDS))
+    async def create_video(self, request: Request, dry_run: bool = False,
+                           idempotency_key: KeyHeader = None) -> JSONResponse:
+        fields, raw = await read_body(request, self._config.limits)
         body = validated(VideoCreateRequest, fields)
+        key = idempotency(idempotency_key, request.url.path, body, raw)
+        await check_webhook(body.webhook_url, self._config.webhooks.private_allowed())
         await self._check_session(request, body.session_id)
         media = await self._media.resolve(body, raw, body.session_id)
         job_id = f"video_{uuid.uuid4().hex}"
@@ -148,7 +165,7 @@ class Gateway:
             plan = VideoPlan(model=routed.variant.name, task=routed.plan.task, plan=routed.plan.model_dump(),
                              **{k: v for k, v in routed.params.items() if k in VideoPlan.model_fields})
             return JSONResponse(plan.model_dump())
-        [job] = await self._submit([_submission("video", job_id, routed, args, caller_of(request))])
+        [job] = await self._submit([_submission("video", job_id, routed, args, caller_of(request))], key=key)
         return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
 
     @api.get("/v1/videos", response_model=VideoList)
@@ -209,11 +226,13 @@ class Gateway:
     # --- /v1/images ---------------------------------------------------------------------------------
 
     @api.post("/v1/images/generations", response_model=ImagesResponse)
-    async def generate_images(self, request: Request, body: ImageGenerationRequest) -> ImagesResponse:
+    async def generate_images(self, request: Request, body: ImageGenerationRequest,
+                              idempotency_key: KeyHeader = None) -> ImagesResponse:
         """OpenAI's synchronous images API: n one-frame generations with consecutive seeds, admitted together.
 
         A client that goes away before they end cancels them.
         """
+        key = idempotency(idempotency_key, request.url.path, body)
         params = body.model_dump(exclude={"n", "response_format", "quality", "style", "user"})
         fields = Fields(**params, task=Task.T2I, num_frames=1)
         work = []
@@ -223,7 +242,7 @@ class Gateway:
             fields.seed = routed.params["seed"] + 1  # the next image takes the next seed
             work.append(_submission("image", job_id, routed, fields, caller_of(request)))
         data = []
-        for job in await self._submit(work, wait=True):
+        for job in await self._submit(work, wait=True, key=key):
             if job.status is not JobStatus.COMPLETED:
                 raise APIError(500, f"image generation {job.status.value}: {job.error_message}", code=job.error_code)
             if body.response_format == "url":
@@ -233,6 +252,12 @@ class Gateway:
                 data.append(ImageData(b64_json=base64.b64encode(image).decode()))
         return ImagesResponse(created=int(time.time()), data=data)
 
+    @api.delete("/v1/images/{image_id}", response_model=ImageDeleted)
+    async def delete_image(self, request: Request, image_id: str) -> ImageDeleted:
+        """Delete an image made by /v1/images/generations, with its file."""
+        await self._delete(await self._job(request, image_id, "image"))
+        return ImageDeleted(id=image_id)
+
     @api.get("/v1/images/{image_id}/content")
     async def image_content(self, request: Request, image_id: str, variant: str = "image") -> Response:
         job = await self._job(request, image_id, "image")
@@ -241,13 +266,16 @@ class Gateway:
     # --- /v1/images/batches -------------------------------------------------------------------------
 
     @api.post("/v1/images/batches", response_model=ImageBatch)
-    async def create_batch(self, request: Request, body: ImageBatchRequest) -> JSONResponse:
+    async def create_batch(self, request: Request, body: ImageBatchRequest,
+                           idempotency_key: KeyHeader = None) -> JSONResponse:
+        key = idempotency(idempotency_key, request.url.path, body)
+        await check_webhook(body.webhook_url, self._config.webhooks.private_allowed())
         await self._check_session(request, body.session_id)
         fields = Fields(prompt=body.prompts[0], **body.model_dump(exclude={"prompts", "webhook_url"}),
                         webhook_url=_url(body.webhook_url))
         job_id = f"batch_{uuid.uuid4().hex}"
         routed = route_batch(self._config, fields, body.prompts, job_id)
-        [job] = await self._submit([_submission("batch", job_id, routed, fields, caller_of(request))])
+        [job] = await self._submit([_submission("batch", job_id, routed, fields, caller_of(request))], key=key)
         return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
 
     @api.get("/v1/images/batches/{batch_id}", response_model=ImageBatch)
@@ -276,8 +304,9 @@ class Gateway:
 
     @api.post("/v1/sessions", response_model=SessionView)
     async def create_session(self, request: Request, body: SessionCreateRequest | None = None) -> SessionView:
-        session = Session(id=f"sess_{uuid.uuid4().hex}", metadata=body.metadata if body else {},
-                          key_id=caller_of(request).key_id)
+        metadata = body.metadata if body else {}
+        check_metadata(self._config.limits, metadata)
+        session = Session(id=f"sess_{uuid.uuid4().hex}", metadata=metadata, key_id=caller_of(request).key_id)
         await self._tracker.create_session.remote(session)
         return SessionView(id=session.id, created_at=int(session.created_at), metadata=session.metadata)
 
@@ -292,15 +321,23 @@ class Gateway:
             image_batches=[v for v in views if isinstance(v, ImageBatch)],
         )
 
-    @api.post("/v1/sessions/{session_id}/uploads", response_model=SessionUpload)
+    @api.delete("/v1/sessions/{session_id}", response_model=SessionDeleted)
+    async def delete_session(self, request: Request, session_id: str) -> SessionDeleted:
+        """Delete a session with its uploads, videos and image batches and their files; running jobs in it are
+        stopped first. It is a 404 from now on."""
+        await self._session(request, session_id)
+        await self._tracker.delete_session.remote(session_id)
+        return SessionDeleted(id=session_id)
+
+    @api.post("/v1/sessions/{session_id}/uploads", response_model=SessionUpload, openapi_extra=UPLOAD_BODY)
     async def upload_to_session(self, request: Request, session_id: str) -> SessionUpload:
         """Upload a video (MP4, MOV, MKV, AVI, WebM: kept as, or converted to, MP4) or an image (kept as
         RGB JPEG) in the multipart field `file`; refer to it by id in a video's media fields."""
         await self._check_session(request, session_id)
-        data, filename = await read_upload(request, self._max_bytes)
+        data, filename = await read_upload(request, self._config.limits)
         upload_id = f"upload_{uuid.uuid4().hex}"
         upload, stored = await asyncio.to_thread(normalize_upload, session_id, upload_id, data, filename,
-                                                 self._config.limits.max_image_pixels)
+                                                 media_bounds(self._config.limits))
         upload.key_id = caller_of(request).key_id
         await self._uploader.put.remote(upload.key, stored, upload.content_type)
         await self._tracker.add_upload.remote(upload)

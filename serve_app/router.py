@@ -25,6 +25,7 @@ from pipelines.variants import Family, Task, Variant
 from pipelines.video import resample_frames
 from serve_app import planner
 from serve_app.config import AppConfig
+from serve_app.limits import check_batch, check_cost, check_inputs
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
@@ -328,6 +329,7 @@ def route(config: AppConfig, fields: Fields, media: Media, job_id: str) -> Route
     width, height = output_size(variant, fields.size, first if first is not None else last)
     first, last, reference = (None if i is None else fit_image(i, width, height, fields.resize_policy)
                               for i in (first, last, media.reference_image))
+    check_inputs(config.limits, variant, fields, media)
     source, source_mask = fitted_source(variant, fields, media, width, height)
     frames = video_frames(config, variant, task, fields, source)
     request = generation_request(variant, task, fields, width, height, frames.window, new_seed(fields))
@@ -349,6 +351,7 @@ def route(config: AppConfig, fields: Fields, media: Media, job_id: str) -> Route
     fps = fields.fps or variant.fps
     plan, out_frames, out_fps = planner.video_plan(
         variant, request, inputs, frames, extension, fps, interpolation_target(fields, fps), job_id, fields)
+    check_cost(config.limits, fields, frames, out_frames, width, height)
     params = {"size": f"{width}x{height}", "num_frames": out_frames, "fps": out_fps, "seed": request.seed,
               "seconds": f"{max(out_frames - 1, 0) / out_fps:g}", "num_inference_steps": request.num_inference_steps,
               "resize_policy": fields.resize_policy if any(i is not None for i in (first, last, reference)) else None}
@@ -372,8 +375,7 @@ def interpolation_target(fields: Fields, fps: int) -> int:
 def route_batch(config: AppConfig, fields: Fields, prompts: list[str], job_id: str) -> Routed:
     """Text-to-image for each prompt as one job: image i uses seed + i; a PNG each and one ZIP of them all."""
     # 1. classify
-    if len(prompts) > config.limits.max_batch_prompts:
-        raise InvalidRequest("prompts", f"at most {config.limits.max_batch_prompts} prompts per batch")
+    check_batch(config.limits, prompts, fields.negative_prompt)
     fields = replace(fields, task=Task.T2I, num_frames=1)
     variant, task = choose_variant(config, fields, Media(), None, None)
     # 2. resolve

@@ -6,13 +6,18 @@ multipart), so numeric fields are parsed in pydantic's lax mode: "5" is 5.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from pipelines.variants import Task
 
 NEGATIVE_PROMPT = "unset: the model's default (upstream Wan's); an empty string for none"
+# Hard ceilings on what a body may hold; the config's `limits` (max_prompt_chars, max_metadata_keys, ...) rule below
+# them, checked by `serve_app/limits.py`.
+MAX_TEXT = 32_000
+MAX_METADATA_KEYS = 256
+Prompt = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
 VideoStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 ReferenceMode = Literal["none", "single", "start", "end", "both"]
 
@@ -24,14 +29,15 @@ class _Body(BaseModel):
 class VideoCreateRequest(_Body):
     """POST /v1/videos. Media fields hold data URLs in JSON; in multipart they are uploaded files."""
 
-    prompt: str = Field(min_length=1, max_length=4000)
+    prompt: Prompt
     model: str | None = None
     seconds: float | None = Field(None, gt=0, le=60)
     size: str | None = Field(None, description='"WxH" or a preset name such as "480p"')
-    input_reference: str | dict[str, str] | None = None
+    input_reference: str | Annotated[dict[str, str], Field(max_length=2)] | None = Field(
+        None, description='an image: a data URL, an upload id or a URL; or {"image_url": ...} as the openai SDK sends')
     # Wan extensions
     task: Task | None = None
-    negative_prompt: str | None = Field(None, max_length=4000, description=NEGATIVE_PROMPT)
+    negative_prompt: str | None = Field(None, max_length=MAX_TEXT, description=NEGATIVE_PROMPT)
     num_frames: int | None = Field(None, ge=1)
     fps: int | None = Field(None, ge=1, le=120, description="playback rate of the MP4; default: native")
     num_inference_steps: int | None = Field(None, ge=1)
@@ -161,10 +167,22 @@ class BatchDeleted(BaseModel):
     deleted: bool = True
 
 
+class ImageDeleted(BaseModel):
+    id: str
+    object: Literal["image.deleted"] = "image.deleted"
+    deleted: bool = True
+
+
+class SessionDeleted(BaseModel):
+    id: str
+    object: Literal["session.deleted"] = "session.deleted"
+    deleted: bool = True
+
+
 class ImageGenerationRequest(_Body):
     """POST /v1/images/generations: text-to-image as a one-frame T2V."""
 
-    prompt: str = Field(min_length=1, max_length=4000)
+    prompt: Prompt
     model: str | None = None
     n: int = Field(1, ge=1, le=4)
     size: str | None = None
@@ -172,7 +190,7 @@ class ImageGenerationRequest(_Body):
     quality: str | None = None
     style: str | None = None
     user: str | None = None
-    negative_prompt: str | None = Field(None, max_length=4000, description=NEGATIVE_PROMPT)
+    negative_prompt: str | None = Field(None, max_length=MAX_TEXT, description=NEGATIVE_PROMPT)
     num_inference_steps: int | None = Field(None, ge=1)
     guidance_scale: float | None = None
     flow_shift: float | None = None
@@ -182,10 +200,10 @@ class ImageGenerationRequest(_Body):
 class ImageBatchRequest(_Body):
     """POST /v1/images/batches: up to 20 prompts as one job; each image by index, all as one ZIP."""
 
-    prompts: list[str] = Field(min_length=1)
+    prompts: list[Prompt] = Field(min_length=1, max_length=100, description="at most `limits.max_batch_prompts`")
     model: str | None = None
     size: str | None = None
-    negative_prompt: str | None = Field(None, max_length=4000, description=NEGATIVE_PROMPT)
+    negative_prompt: str | None = Field(None, max_length=MAX_TEXT, description=NEGATIVE_PROMPT)
     num_inference_steps: int | None = Field(None, ge=1)
     guidance_scale: float | None = None
     flow_shift: float | None = None
@@ -199,6 +217,7 @@ class ImageBatch(BaseModel):
     object: Literal["image.batch"] = "image.batch"
     created_at: int
     completed_at: int | None
+    expires_at: int | None = Field(None, description="when retention removes it; unset: kept until deleted")
     status: VideoStatus
     progress: int
     model: str
@@ -214,7 +233,9 @@ class ImageBatch(BaseModel):
 
 
 class SessionCreateRequest(_Body):
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=MAX_METADATA_KEYS,
+                                     description="at most `limits.max_metadata_keys` entries, each key and value "
+                                                 "`limits.max_metadata_chars` long")
 
 
 class SessionUpload(BaseModel):

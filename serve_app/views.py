@@ -20,6 +20,7 @@ def job_view(job: Job, links: AssetLinks, base: str) -> Video | ImageBatch:
     p = job.params
     common: dict[str, Any] = dict(
         id=job.id, created_at=int(job.created_at), completed_at=int(job.completed_at) if job.completed_at else None,
+        expires_at=int(job.expires_at) if job.expires_at else None,
         status=job.status.value, progress=job.progress, model=job.model, size=p["size"], seed=p["seed"],
         session_id=job.session_id, error=_error(job), plan=job.plan, upload=job.upload, webhook=job.webhook,
         assets=links.views(job.kind, job.id, job.assets, base),

@@ -19,7 +19,8 @@ from tests.s3server import free_port
 
 APP = "wan"
 TINY_MODELS = ["tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v", "tiny-a14b"]
-OWN_RAY = ("test_cluster.py", "test_restart.py", "test_benchmarks.py")  # these start and stop Ray themselves
+# these start and stop Ray themselves
+OWN_RAY = ("test_cluster.py", "test_restart.py", "test_faults.py", "test_benchmarks.py")
 POLL_S = 0.1  # how often tests poll, as a client would; faster only loads the 2 cores the app runs on
 APP_READY_S = 240  # six tiny twins load in about 30 s; the deadline tells a slow start from one that never ends
 Samples = dict[str, list[tuple[dict[str, str], float]]]

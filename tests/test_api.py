@@ -301,7 +301,7 @@ def test_an_omitted_seed_is_drawn_and_reported(client: httpx.Client) -> None:
         ({"json": {"prompt": "x", "seconds": 12}}, 400, "seconds"),
         ({"data": {"prompt": "x"}, "files": {"input_reference": ("a.png", b"GIF? no, text", "image/png")}},
          422, "input_reference"),
-        ({"json": {"prompt": "x", "input_reference": "https://example.com/a.png"}}, 400, "input_reference"),
+        ({"json": {"prompt": "x", "input_reference": "http://example.com/a.png"}}, 400, "input_reference"),
         ({"json": {"model": "tiny-t2v"}}, 400, "prompt"),
         ({"data": {"prompt": ""}}, 400, "prompt"),
         ({"json": {"prompt": "x", "num_inference_steps": "many"}}, 400, "num_inference_steps"),

@@ -89,7 +89,8 @@ def test_another_key_s_records_are_not_there(url: str) -> None:
                              ("POST", f"/v1/videos/{vid}/cancel"), ("DELETE", f"/v1/videos/{vid}"),
                              ("GET", f"/v1/sessions/{sid}"), ("GET", f"/v1/images/batches/{bid}"),
                              ("GET", f"/v1/images/batches/{bid}/content"), ("DELETE", f"/v1/images/batches/{bid}"),
-                             ("GET", image_path)):
+                             ("GET", image_path), ("DELETE", f"/v1/sessions/{sid}"),
+                             ("DELETE", image_path.removesuffix("/content"))):
             assert bob.request(method, path).status_code == 404, (method, path)
         into = bob.post(f"/v1/sessions/{sid}/uploads", files={"file": ("b.png", png(), "image/png")})
         assert into.status_code == 404
@@ -100,6 +101,7 @@ def test_another_key_s_records_are_not_there(url: str) -> None:
         assert vid in [v["id"] for v in admin.get("/v1/videos", params={"limit": 100}).json()["data"]]
         assert admin.get(f"/v1/sessions/{sid}").json()["uploads"][0]["id"] == upload.json()["id"]
         assert alice.get(f"/v1/videos/{vid}").json()["status"] == "completed", "untouched by bob's attempts"
+        assert alice.get(f"/v1/sessions/{sid}").status_code == alice.get(image_path).status_code == 200
 
 
 def test_one_key_cannot_take_every_slot(url: str) -> None:

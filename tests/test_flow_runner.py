@@ -53,7 +53,8 @@ class Tracker:
         self.deleted: list[str] = []
         self.max_active = max_active
 
-    def create(self, jobs: list[Job], max_active: int, max_per_key: int | None = None) -> None:
+    def create(self, jobs: list[Job], max_active: int, max_per_key: int | None = None,
+               idempotency: Any = None) -> None:
         if len(self.jobs) + len(jobs) > max_active:
             raise QueueFull("full")
         self.jobs.update({j.id: j for j in jobs})

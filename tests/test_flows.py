@@ -72,7 +72,7 @@ def s3_endpoint() -> Iterator[str]:
 def flows(serve_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     args = app_args(tmp_path_factory.mktemp("flows"), ["tiny-t2v", "tiny-vace", "tiny-i2v"])
     args["storage"]["s3"] = {"bucket": BUCKET, "endpoint_url": s3_endpoint, "create_bucket": True, **S3_KEYS}
-    args["webhooks"] = {"secret": SECRET, "backoff_s": 0.05, "max_attempts": 3}
+    args["webhooks"] = {"secret": SECRET, "backoff_s": 0.05, "max_attempts": 3, "allow_private_networks": True}
     args["extend"] = {"overlap_frames": 5}
     serve.run(build_app(args), name="flows", route_prefix="/flows")
     with httpx.Client(base_url=f"{serve_url}/flows", timeout=60) as client:

@@ -1,0 +1,242 @@
+"""Jobs survive replica deaths, on a Ray cluster of this module's own (conftest runs it before the shared app):
+a generator killed mid-job fails it `generator_lost` and its replacement serves the next job; a flow runner killed
+mid-job leaves it to the tracker's sweep, which fails it, stops its generation and sends its webhook; a crash of
+the whole cluster with 12 jobs queued or running ends all 12, each with its webhook.
+
+The times these take are printed (`pytest -s`): kill to `failed`, restart to all ended."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+import ray
+from ray import serve
+from ray.exceptions import ActorDiedError, RayTaskError
+from ray.serve.exceptions import RayServeException
+
+from deployments.flow import ending
+from deployments.jobstore import JobStatus
+from deployments.plan import StageFailed
+from serve_app.app import build_app
+from tests.conftest import app_args, replica_logs, until, wait_for
+from tests.media import probe
+from tests.test_restart import Cluster
+
+DONE = {"completed", "failed", "cancelled"}
+LONG = {"num_frames": 81, "num_inference_steps": 200}  # seconds on CPU: still running when its replica dies
+SWEEP_S = 1.0  # the tracker's sweep for jobs whose flow runner is gone (30 s by default)
+LEAKS = ("actor", "pid", "ip=", "192.", "127.0.0.1", "SERVE_REPLICA", "/")  # Ray's error text; none may reach a job
+
+
+class Receiver:
+    """A webhook receiver on loopback in this process: every event it is sent, by job id."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[dict[str, Any]]] = {}
+        events, lock = self.events, threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                event = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                with lock:
+                    events.setdefault(event["data"]["id"], []).append(event)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_port}/hook"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    assert not ray.is_initialized(), "these tests must run before anything else starts Ray"
+    cluster = Cluster()
+    cluster.start()
+    yield cluster
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+def fault_args(root: Any, **extra: Any) -> dict[str, Any]:
+    """One tiny model; loopback webhooks allowed (the SSRF guard refuses them by default); a quick sweep."""
+    return {**app_args(root, ["tiny-t2v"], **extra), "webhooks": {"allow_private_networks": True, "backoff_s": 0.2},
+            "orphan_sweep_s": SWEEP_S}
+
+
+@pytest.fixture(scope="module")
+def faults(cluster: Cluster, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    serve.run(build_app(fault_args(tmp_path_factory.mktemp("faults"))), name="faults", route_prefix="/faults")
+    with httpx.Client(base_url=f"{cluster.url}/faults", timeout=60) as client:
+        yield client
+    if "faults" in serve.status().applications:  # gone already if the crash test ran
+        serve.delete("faults")
+
+
+def replica(app: str, deployment: str) -> str:
+    """The actor name of `deployment`'s one replica (Serve names them SERVE_REPLICA::<app>#<deployment>#<id>)."""
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::{app}#{deployment}#")]
+    assert len(names) == 1, names
+    return names[0]
+
+
+def running(client: httpx.Client, receiver: Receiver, prompt: str) -> dict[str, Any]:
+    """A long job (with a webhook), once its generator has made a few steps."""
+    video = client.post("/v1/videos", json={"prompt": prompt, "webhook_url": receiver.url, **LONG}).json()
+    until(lambda: client.get(f"/v1/videos/{video['id']}").json()["step"] >= 3, 60, f"3 steps of {video['id']}")
+    return client.get(f"/v1/videos/{video['id']}").json()
+
+
+def kill(app: str, deployment: str) -> float:
+    ray.kill(ray.get_actor(replica(app, deployment), namespace="serve"), no_restart=True)
+    return time.monotonic()
+
+
+def assert_clean(error: dict[str, str]) -> None:
+    """A job's error says what happened without Ray's internals: no actor ids, pids, addresses or paths."""
+    leaked = [word for word in LEAKS if word in error["message"]]
+    assert not leaked, f"{leaked} in {error}"
+
+
+def delivered(client: httpx.Client, receiver: Receiver, video_id: str, status: str, code: str) -> None:
+    """The job's webhook reached the receiver with its end, and the delivery is recorded on the job."""
+    until(lambda: video_id in receiver.events, 30, f"the webhook of {video_id}")
+    event = receiver.events[video_id][0]
+    assert (event["type"], event["data"]["status"], event["data"]["error"]["code"]) == (f"video.{status}", status,
+                                                                                       code), event
+    until(lambda: (client.get(f"/v1/videos/{video_id}").json().get("webhook") or {}).get("delivered"), 30,
+          f"the delivery recorded on {video_id}")
+
+
+def test_a_dead_replica_is_named_after_its_stage_without_rays_details() -> None:
+    died = ActorDiedError()  # what Ray raises for a replica killed while it had the request
+    upstream = RayServeException("Request to deployment 'VideoEncoder' failed because an upstream actor died")
+    upstream.__cause__ = died  # Serve's wrapper when the dead replica's result was the next stage's argument
+    cases = {
+        (died, "generate"): ("generator_lost", "the generator replica running this job died; submit it again"),
+        (upstream, "encode"): ("encoder_lost", "the encoder replica running this job died; submit it again"),
+        (RayTaskError("generate", "tb", died), "upload"): ("uploader_lost",
+                                                           "the uploader replica running this job died; submit it "
+                                                           "again"),
+        # the extender lives, the generator it was looping died under it
+        (StageFailed("extend", "ActorDiedError: The actor died unexpectedly"), "extend"): (
+            "generator_lost", "the generator replica running this job died; submit it again"),
+    }
+    for (exc, stage), error in cases.items():
+        assert ending(exc, stage).status is JobStatus.FAILED
+        assert ending(exc, stage).error == error, (exc, stage)
+    other = ending(RuntimeError("boom\n  at pid=123 ip=10.0.0.1"), "encode")
+    assert other.error == ("encode_failed", "RuntimeError: boom"), "only the first line of an unknown error is kept"
+
+
+def test_a_generator_killed_mid_job_fails_it_and_its_replacement_serves_the_next(
+        faults: httpx.Client, receiver: Receiver) -> None:
+    video = running(faults, receiver, "a replica dies under me")
+    killed = kill("faults", "Generator-tiny-t2v")
+    failed = wait_for(faults, video["id"], DONE, timeout_s=30)
+    print(f"\ngenerator kill -> failed: {time.monotonic() - killed:.2f} s")
+    assert (failed["status"], failed["error"]["code"]) == ("failed", "generator_lost"), failed
+    assert failed["error"]["message"] == "the generator replica running this job died; submit it again"
+    assert_clean(failed["error"])
+    delivered(faults, receiver, video["id"], "failed", "generator_lost")
+
+    after = faults.post("/v1/videos", json={"prompt": "on the replacement", "num_frames": 9}).json()
+    assert wait_for(faults, after["id"], DONE, timeout_s=120)["status"] == "completed"
+    frames, _, _ = probe(faults.get(f"/v1/videos/{after['id']}/content").content)
+    assert len(frames) == 9 and frames.std() > 0, "the replacement decoded a real clip"
+
+
+def test_a_flow_runner_killed_mid_job_is_swept_and_its_generation_stops(
+        faults: httpx.Client, receiver: Receiver) -> None:
+    video = running(faults, receiver, "my runner dies")
+    killed = kill("faults", "FlowRunner")
+    # nobody is left to end it: the tracker's sweep sees its owner gone, within one interval
+    failed = wait_for(faults, video["id"], DONE, timeout_s=30)
+    swept = time.monotonic()
+    print(f"\nflow runner kill -> failed: {swept - killed:.2f} s (sweep every {SWEEP_S} s)")
+    assert (failed["status"], failed["error"]["code"]) == ("failed", "interrupted"), failed
+    assert_clean(failed["error"])
+    delivered(faults, receiver, video["id"], "failed", "interrupted")
+
+    # The generator hears `stop` at its next step report: its generation ends there, unfinished.
+    stopped = re.compile(r"GenerationCancelled: cancelled after step (\d+) of 200")
+    until(lambda: stopped.search(replica_logs("faults", "Generator", lines=200)), 30, "the swept generation to stop")
+    logs = replica_logs("faults", "Generator", lines=200)
+    assert f"job {video['id']}: t2v segment 0" not in logs, "the swept generation ran to its end"
+    print(f"the swept generation stopped after step {stopped.search(logs).group(1)} of 200")
+    after = faults.post("/v1/videos", json={"prompt": "the generator is mine now", "num_frames": 9}).json()
+    assert wait_for(faults, after["id"], DONE)["status"] == "completed"
+
+
+def test_a_crash_with_12_jobs_ends_all_12_with_their_webhooks(cluster: Cluster, receiver: Receiver,
+                                                             tmp_path) -> None:
+    args = fault_args(tmp_path, max_queued_jobs=16)
+    serve.run(build_app(args), name="crash", route_prefix="/crash")
+    with httpx.Client(base_url=f"{cluster.url}/crash", timeout=60) as client:
+        ids = [client.post("/v1/videos", json={"prompt": f"job {i}", "webhook_url": receiver.url, **LONG}).json()["id"]
+               for i in range(12)]
+        wait_for(client, ids[0], {"in_progress"})  # one running, the others queued behind it
+        statuses = [client.get(f"/v1/videos/{i}").json()["status"] for i in ids]
+        assert set(statuses) <= {"queued", "in_progress"} and "queued" in statuses, statuses
+
+    crashed = time.monotonic()
+    ray.shutdown()  # the whole cluster goes: no runner is left to end these jobs
+    cluster.start()
+    serve.run(build_app(args), name="crash", route_prefix="/crash")  # the new tracker sweeps at start
+    with httpx.Client(base_url=f"{cluster.url}/crash", timeout=60) as client:
+        ended = [wait_for(client, i, DONE, timeout_s=60) for i in ids]
+        print(f"\ncrash with 12 jobs -> all ended: {time.monotonic() - crashed:.2f} s")
+        assert [(v["status"], v["error"]["code"]) for v in ended] == [("failed", "interrupted")] * 12
+        until(lambda: all(i in receiver.events for i in ids), 60, "12 webhooks")
+        print(f"webhooks received: {sum(i in receiver.events for i in ids)}/12")
+        for i in ids:
+            delivered(client, receiver, i, "failed", "interrupted")
+        after = client.post("/v1/videos", json={"prompt": "after the crash", "num_frames": 5}).json()
+        assert wait_for(client, after["id"], DONE)["status"] == "completed"
+    serve.delete("crash")
+
+
+def test_a_redeploy_that_cuts_12_jobs_short_ends_all_12_with_their_webhooks(cluster: Cluster, receiver: Receiver,
+                                                                           tmp_path) -> None:
+    # The old replicas may drain for 1 s only: most of the jobs are still queued or running when they are stopped.
+    args = fault_args(tmp_path, max_queued_jobs=16, graceful_shutdown_timeout_s=1)
+    serve.run(build_app(args), name="redeploy", route_prefix="/redeploy")
+    with httpx.Client(base_url=f"{cluster.url}/redeploy", timeout=60) as client:
+        ids = [client.post("/v1/videos", json={"prompt": f"job {i}", "webhook_url": receiver.url, **LONG}).json()["id"]
+               for i in range(12)]
+        wait_for(client, ids[0], {"in_progress"})
+        redeployed = time.monotonic()
+        args["models"][0]["ray_actor_options"] = {"num_cpus": 0.11}  # a new config: new replicas of everything
+        serve.run(build_app(args), name="redeploy", route_prefix="/redeploy")
+        ended = [wait_for(client, i, DONE, timeout_s=60) for i in ids]
+        print(f"\nredeploy with 12 jobs -> all ended: {time.monotonic() - redeployed:.2f} s "
+              f"({sorted((v['status'], (v['error'] or {}).get('code')) for v in ended)})")
+        until(lambda: all(i in receiver.events for i in ids), 60, "12 webhooks")
+        for video in ended:
+            event = receiver.events[video["id"]][0]
+            assert event["data"]["status"] == video["status"], event
+            assert_clean(video["error"] or {"message": ""})
+        print(f"webhooks received: {sum(i in receiver.events for i in ids)}/12")
+    serve.delete("redeploy")
