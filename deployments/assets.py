@@ -107,9 +107,3 @@ class AssetStore:
             while start < stop and (chunk := f.read(min(size, stop - start))):
                 start += len(chunk)
                 yield chunk
-
-    def delete(self, records: list[dict[str, Any]]) -> None:
-        for record in records:
-            self.local.delete(record["key"])
-            if record["remote"] and self.remote is not None:
-                self.remote.delete(record["key"])

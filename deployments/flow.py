@@ -22,7 +22,7 @@ from typing import Any
 
 import ray
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, TaskCancelledError
 from ray.serve.exceptions import ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
@@ -66,6 +66,8 @@ ROLES = {"generate": "generator", "extend": "extender", "interpolate": "interpol
 # Ray's errors for a replica that died (or cannot be reached) while it had the request: the actor is gone.
 LOST = (RayActorError, ReplicaUnavailableError)
 LOST_NAMES = {"RayActorError", "ActorDiedError", "ActorUnavailableError", "ReplicaUnavailableError"}  # as StageFailed
+# Serve cancels a stage's request when the request that started the job is cancelled (a waiting client left).
+CANCELLED_NAMES = {"TaskCancelledError", "RequestCancelledError"}
 
 
 def ending(exc: BaseException, stage: str) -> Ending:
@@ -77,6 +79,8 @@ def ending(exc: BaseException, stage: str) -> Ending:
             return Ending(JobStatus.CANCELLED, ("cancelled", f"the flow runner stopped during {stage}"))
         case InvalidRequest():
             return Ending(JobStatus.FAILED, ("invalid_request", exc.message))
+        case _ if _caller_left(exc):
+            return Ending(JobStatus.CANCELLED, ("cancelled", f"its caller went away during {stage}"))
         case StageFailed() if exc.message.split(":", 1)[0] in LOST_NAMES:
             # a stage that calls a generator (the extender) saw it die: its own replica lives
             return lost("generator")
@@ -86,6 +90,13 @@ def ending(exc: BaseException, stage: str) -> Ending:
             return lost(ROLES.get(stage, stage))
         case _:  # the runner itself broke: blame the stage it was in
             return Ending(JobStatus.FAILED, (f"{stage}_failed", _reason(exc)))
+
+
+def _caller_left(exc: BaseException) -> bool:
+    """Serve cancelled a stage's request, as it does when the request that started the job is cancelled."""
+    if isinstance(exc, StageFailed):
+        return exc.message.split(":", 1)[0] in CANCELLED_NAMES
+    return _root(exc, (TaskCancelledError,)) is not None  # Serve's RequestCancelledError is one too
 
 
 def lost(role: str) -> Ending:

@@ -13,7 +13,7 @@ import numpy as np
 from pipelines.variants import Task, Variant
 
 MAX_STEPS = 200
-MAX_PROMPT_CHARS = 4000
+MAX_PROMPT_CHARS = 32_000  # a ceiling for any caller; the service's configured limit is lower
 MAX_REFERENCE_IMAGES = 3
 
 

@@ -12,9 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from ray.serve.config import AutoscalingConfig
 
 from deployments.storage import S3Config
+from pipelines.request import MAX_PROMPT_CHARS
 from pipelines.variants import CATALOG, Task, Variant, get_variant
 from pipelines.video import MAX_IMAGE_PIXELS
 from serve_app.auth import Keys
+from serve_app.schemas import MAX_METADATA_KEYS
 
 
 class _Strict(BaseModel):
@@ -160,8 +162,8 @@ class LimitsConfig(_Strict):
     max_file_mb: int = Field(64, ge=1, description="one multipart file part, and one session upload")
     max_form_fields: int = Field(64, ge=1, description="fields and files in one multipart body")
     max_json_depth: int = Field(32, ge=2, description="nesting of a JSON body")
-    max_prompt_chars: int = Field(4000, ge=1, description="a prompt or negative prompt")
-    max_metadata_keys: int = Field(16, ge=0, description="a session's metadata entries")
+    max_prompt_chars: int = Field(4000, ge=1, le=MAX_PROMPT_CHARS, description="a prompt or negative prompt")
+    max_metadata_keys: int = Field(16, ge=0, le=MAX_METADATA_KEYS, description="a session's metadata entries")
     max_metadata_chars: int = Field(512, ge=1, description="each metadata key and value")
     max_batch_prompts: int = Field(20, ge=1, le=100, description="prompts in one image batch")
     max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=64 * 64, description="an input image's width x height, "

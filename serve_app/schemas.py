@@ -10,12 +10,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
+from pipelines.request import MAX_PROMPT_CHARS
 from pipelines.variants import Task
 
 NEGATIVE_PROMPT = "unset: the model's default (upstream Wan's); an empty string for none"
 # Hard ceilings on what a body may hold; the config's `limits` (max_prompt_chars, max_metadata_keys, ...) rule below
 # them, checked by `serve_app/limits.py`.
-MAX_TEXT = 32_000
+MAX_TEXT = MAX_PROMPT_CHARS
 MAX_METADATA_KEYS = 256
 Prompt = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
 VideoStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]

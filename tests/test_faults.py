@@ -19,8 +19,8 @@ import httpx
 import pytest
 import ray
 from ray import serve
-from ray.exceptions import ActorDiedError, RayTaskError
-from ray.serve.exceptions import RayServeException
+from ray.exceptions import ActorDiedError, RayTaskError, TaskCancelledError
+from ray.serve.exceptions import RayServeException, RequestCancelledError
 
 from deployments.flow import ending
 from deployments.jobstore import JobStatus
@@ -147,6 +147,9 @@ def test_a_dead_replica_is_named_after_its_stage_without_rays_details() -> None:
     for (exc, stage), error in cases.items():
         assert ending(exc, stage).status is JobStatus.FAILED
         assert ending(exc, stage).error == error, (exc, stage)
+    # Serve cancels a stage's request when the waiting client's request is cancelled: the job is cancelled
+    for exc in (TaskCancelledError(), RequestCancelledError("req"), StageFailed("extend", "TaskCancelledError: x")):
+        assert ending(exc, "generate").status is JobStatus.CANCELLED, exc
     other = ending(RuntimeError("boom\n  at pid=123 ip=10.0.0.1"), "encode")
     assert other.error == ("encode_failed", "RuntimeError: boom"), "only the first line of an unknown error is kept"
 
