@@ -84,6 +84,28 @@ def scrape_until(check: Callable[[Samples], bool], what: str, timeout_s: float =
     return samples
 
 
+class Cluster:
+    """A local Ray cluster with Serve of a module's own (one in OWN_RAY), which a test may crash and start again."""
+
+    url = ""
+
+    def start(self) -> None:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        self.url = f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    assert not ray.is_initialized(), "these tests must run before anything else starts Ray"
+    cluster = Cluster()
+    cluster.start()
+    yield cluster
+    serve.shutdown()
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def serve_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shared app's job database and storage root."""

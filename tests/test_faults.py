@@ -26,9 +26,8 @@ from deployments.flow import ending
 from deployments.jobstore import JobStatus
 from deployments.plan import StageFailed
 from serve_app.app import build_app
-from tests.conftest import app_args, replica_logs, until, wait_for
+from tests.conftest import Cluster, app_args, replica_logs, until, wait_for
 from tests.media import probe
-from tests.test_restart import Cluster
 
 DONE = {"completed", "failed", "cancelled"}
 LONG = {"num_frames": 81, "num_inference_steps": 200}  # seconds on CPU: still running when its replica dies
@@ -60,16 +59,6 @@ class Receiver:
 
     def close(self) -> None:
         self._server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    assert not ray.is_initialized(), "these tests must run before anything else starts Ray"
-    cluster = Cluster()
-    cluster.start()
-    yield cluster
-    serve.shutdown()
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

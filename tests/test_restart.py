@@ -4,41 +4,15 @@ redeploy lets a running job finish on its old replicas."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
-import pytest
 import ray
 from ray import serve
 
 from serve_app.app import build_app
-from tests.conftest import app_args, wait_for
+from tests.conftest import Cluster, app_args, wait_for
 from tests.media import probe
-from tests.s3server import free_port
 
 DONE = {"completed", "failed", "cancelled"}
-
-
-class Cluster:
-    """A local Ray cluster with Serve, which a test may crash and start again."""
-
-    url = ""
-
-    def start(self) -> None:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        self.url = f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    assert not ray.is_initialized(), "these tests must run before anything else starts Ray"
-    cluster = Cluster()
-    cluster.start()
-    yield cluster
-    serve.shutdown()
-    ray.shutdown()
 
 
 def test_a_crash_keeps_finished_jobs_and_ends_interrupted_ones(cluster: Cluster, tmp_path) -> None:
