@@ -90,7 +90,7 @@ class JobTracker:
         self._public_url = public_url
         self._sweep_interval_s = sweep_interval_s
         self._deliveries = ThreadPoolExecutor(max_workers=16, thread_name_prefix="webhook")
-        self._delivering: set[Future] = set()
+        self._delivering: dict[str, Future] = {}  # webhooks on their way, by job id
         self._sweeping = threading.Lock()
         self._closing = False  # shutting down: the next tracker's sweep takes over
         self._reaper = Reaper(self._store, UploaderFiles(uploader), lambda job_id: self.cancel(job_id, delete=True),
@@ -111,7 +111,8 @@ class JobTracker:
                 self._sweep_orphans()
 
     def _sweep_orphans(self) -> None:
-        """Fail each queued or running job whose flow runner is gone, and send its webhook."""
+        """Fail each queued or running job whose flow runner is gone; then send the webhook of every ended job whose
+        runner is gone with none recorded (failed here, or its runner died between the end and the delivery)."""
         for job in self._store.active():
             if job.owner is not None and _alive(job.owner):
                 continue
@@ -119,15 +120,21 @@ class JobTracker:
             ended = self.finish(job.id, JobStatus.FAILED, error=(
                 "interrupted", "the service lost this job's runner (a crash or a restart) before it ended; submit it "
                 "again"))
-            if ended is not None and ended.status is JobStatus.FAILED and ended.webhook_url and self._notifier:
-                # handed to a pool: the Notifier retries with backoff, and the sweep goes on meanwhile
-                delivery = self._deliveries.submit(self._notify, ended.id, ended.webhook_url,
-                                                   job_event(ended, self._links, self._public_url))
-                self._delivering.add(delivery)
-                delivery.add_done_callback(self._delivering.discard)
             if ended is not None and ended.delete_requested:
                 self._store.delete(job.id)  # it never completed, so it has no files to delete
+        if self._notifier is not None:
+            for job in self._store.undelivered():
+                if job.id not in self._delivering and not (job.owner is not None and _alive(job.owner)):
+                    self._send(job)
         self._refresh()
+
+    def _send(self, job: Job) -> None:
+        """Hand a job's webhook to a pool: the Notifier retries with backoff, and the sweep goes on meanwhile."""
+        assert job.webhook_url is not None
+        delivery = self._deliveries.submit(self._notify, job.id, job.webhook_url,
+                                           job_event(job, self._links, self._public_url))
+        self._delivering[job.id] = delivery
+        delivery.add_done_callback(lambda _: self._delivering.pop(job.id, None))
 
     def __del__(self) -> Coroutine[Any, Any, None] | None:
         """Serve's graceful shutdown (a redeploy) awaits what this returns: the webhooks of the jobs the sweep failed
@@ -136,7 +143,7 @@ class JobTracker:
             return None  # __init__ never got this far
         with self._sweeping:  # a sweep under way finishes first, so every delivery it starts is awaited
             self._closing = True
-        return _drain(self._delivering) if self._delivering else None
+        return _drain(set(self._delivering.values())) if self._delivering else None
 
     def _notify(self, job_id: str, url: str, event: dict[str, Any]) -> None:
         """Deliver a swept job's webhook through the Notifier and record the delivery on the job."""

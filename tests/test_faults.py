@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from ray.exceptions import ActorDiedError, RayTaskError, TaskCancelledError
 from ray.serve.exceptions import RayServeException, RequestCancelledError
 
 from deployments.flow import ending
-from deployments.jobstore import JobStatus
+from deployments.jobstore import JobStatus, SQLiteJobStore
 from deployments.plan import StageFailed
 from serve_app.app import build_app
 from tests.conftest import Cluster, app_args, replica_logs, until, wait_for
@@ -75,8 +76,13 @@ def fault_args(root: Any, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def faults(cluster: Cluster, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    serve.run(build_app(fault_args(tmp_path_factory.mktemp("faults"))), name="faults", route_prefix="/faults")
+def faults_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="module")
+def faults(cluster: Cluster, receiver: Receiver, faults_root: Path) -> Iterator[httpx.Client]:
+    serve.run(build_app(fault_args(faults_root)), name="faults", route_prefix="/faults")
     with httpx.Client(base_url=f"{cluster.url}/faults", timeout=60) as client:
         yield client
     if "faults" in serve.status().applications:  # gone already if the crash test ran
@@ -180,6 +186,23 @@ def test_a_flow_runner_killed_mid_job_is_swept_and_its_generation_stops(
     print(f"the swept generation stopped after step {stopped.search(logs).group(1)} of 200")
     after = faults.post("/v1/videos", json={"prompt": "the generator is mine now", "num_frames": 9}).json()
     assert wait_for(faults, after["id"], DONE)["status"] == "completed"
+
+
+def test_a_webhook_its_dead_runner_never_sent_is_sent_by_the_sweep(faults: httpx.Client, receiver: Receiver,
+                                                                   faults_root: Path) -> None:
+    """A runner that dies between recording a job's end and delivering its webhook leaves the job ended with
+    nothing recorded: the tracker's sweep sends it, as the runner would have."""
+    video = faults.post("/v1/videos", json={"prompt": "ends, then loses its runner", "num_frames": 5,
+                                            "webhook_url": receiver.url}).json()
+    until(lambda: (faults.get(f"/v1/videos/{video['id']}").json().get("webhook") or {}).get("delivered"), 60,
+          f"the webhook of {video['id']}")
+    store = SQLiteJobStore(faults_root / "jobs.db")  # the tracker's own file: what a runner killed mid-end leaves
+    store.update(video["id"], even_if_ended=True, webhook=None, owner="SERVE_REPLICA::faults#FlowRunner#gone")
+    until(lambda: len(receiver.events[video["id"]]) == 2, 30, "the sweep to send the webhook again")
+    first, again = receiver.events[video["id"]]
+    assert again["id"] == first["id"] and again["data"]["status"] == "completed", "the same event, to drop as such"
+    until(lambda: (faults.get(f"/v1/videos/{video['id']}").json().get("webhook") or {}).get("delivered"), 30,
+          "the delivery recorded again")
 
 
 def test_a_crash_with_12_jobs_ends_all_12_with_their_webhooks(cluster: Cluster, receiver: Receiver,
