@@ -57,6 +57,25 @@ class JobStore(Protocol):
     def deleted(self, keys: list[str]) -> None: ...
 
 
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, kind TEXT NOT NULL,
+                                 model TEXT NOT NULL, status TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_kind_seq ON jobs (kind, seq);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, model);
+CREATE INDEX IF NOT EXISTS jobs_session ON jobs (json_extract(data, '$.session_id'));
+CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS uploads (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
+                                    session_id TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS uploads_session ON uploads (session_id, seq);
+-- one row per job made under an Idempotency-Key (n for an images call); removed with the job
+CREATE TABLE IF NOT EXISTS idempotency (key_id TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL,
+                                        job_id TEXT NOT NULL, PRIMARY KEY (key_id, key, job_id));
+CREATE INDEX IF NOT EXISTS idempotency_job ON idempotency (job_id);
+-- bucket objects whose deletion failed: retried by the retention sweep until it succeeds
+CREATE TABLE IF NOT EXISTS pending_deletions (key TEXT PRIMARY KEY, since REAL NOT NULL);
+"""
+
+
 class SQLiteJobStore:
     """Jobs in one SQLite file (WAL mode): the record as JSON, with the columns queries filter on.
 
@@ -69,27 +88,7 @@ class SQLiteJobStore:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, "
-            "kind TEXT NOT NULL, model TEXT NOT NULL, status TEXT NOT NULL, data TEXT NOT NULL)"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_kind_seq ON jobs (kind, seq)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, model)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_session ON jobs (json_extract(data, '$.session_id'))")
-        self._db.execute("CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, data TEXT NOT NULL)")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS uploads (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, "
-            "session_id TEXT NOT NULL, data TEXT NOT NULL)"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS uploads_session ON uploads (session_id, seq)")
-        # One row per job made under an Idempotency-Key (n for an images call); removed with the job.
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS idempotency (key_id TEXT NOT NULL, key TEXT NOT NULL, "
-            "fingerprint TEXT NOT NULL, job_id TEXT NOT NULL, PRIMARY KEY (key_id, key, job_id))"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS idempotency_job ON idempotency (job_id)")
-        # Bucket objects whose deletion failed: retried by the retention sweep until it succeeds.
-        self._db.execute("CREATE TABLE IF NOT EXISTS pending_deletions (key TEXT PRIMARY KEY, since REAL NOT NULL)")
+        self._db.executescript(SCHEMA)
 
     @staticmethod
     def _decode(data: str) -> Job:

@@ -156,28 +156,27 @@ class VideoPlan(BaseModel):
     plan: dict[str, Any]
 
 
-class VideoDeleted(BaseModel):
+class _Deleted(BaseModel):
+    """What a DELETE answers, as OpenAI's deletions do: the id, its object type, and `deleted`."""
+
     id: str
+    deleted: bool = True
+
+
+class VideoDeleted(_Deleted):
     object: Literal["video.deleted"] = "video.deleted"
-    deleted: bool = True
 
 
-class BatchDeleted(BaseModel):
-    id: str
+class BatchDeleted(_Deleted):
     object: Literal["image.batch.deleted"] = "image.batch.deleted"
-    deleted: bool = True
 
 
-class ImageDeleted(BaseModel):
-    id: str
+class ImageDeleted(_Deleted):
     object: Literal["image.deleted"] = "image.deleted"
-    deleted: bool = True
 
 
-class SessionDeleted(BaseModel):
-    id: str
+class SessionDeleted(_Deleted):
     object: Literal["session.deleted"] = "session.deleted"
-    deleted: bool = True
 
 
 class ImageGenerationRequest(_Body):

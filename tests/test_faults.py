@@ -12,7 +12,6 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from deployments.jobstore import JobStatus, SQLiteJobStore
 from deployments.plan import StageFailed
 from serve_app.app import build_app
 from tests.conftest import Cluster, app_args, replica_logs, until, wait_for
+from tests.loopback import QuietHandler, loopback_server
 from tests.media import probe
 
 DONE = {"completed", "failed", "cancelled"}
@@ -39,11 +39,12 @@ LEAKS = ("actor", "pid", "ip=", "192.", "127.0.0.1", "SERVE_REPLICA", "/")  # Ra
 class Receiver:
     """A webhook receiver on loopback in this process: every event it is sent, by job id."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/hook"
         self.events: dict[str, list[dict[str, Any]]] = {}
         events, lock = self.events, threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 event = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 with lock:
@@ -51,22 +52,15 @@ class Receiver:
                 self.send_response(204)
                 self.end_headers()
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}/hook"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
+        self.handler = Handler
 
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
-    yield receiver
-    receiver.close()
+    with loopback_server() as server:
+        receiver = Receiver(server.server_address[1])
+        server.RequestHandlerClass = receiver.handler
+        yield receiver
 
 
 def fault_args(root: Any, **extra: Any) -> dict[str, Any]:

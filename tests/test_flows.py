@@ -14,7 +14,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import boto3
@@ -28,6 +28,7 @@ from ray import serve
 from deployments.notifier import new_secret
 from serve_app.app import build_app
 from tests.conftest import POLL_S, app_args, metric, scrape_until, wait_for
+from tests.loopback import QuietHandler
 from tests.media import audio_info, media_file, mp4, png, probe, psnr
 from tests.s3server import free_port, s3_server
 
@@ -45,7 +46,7 @@ class Receiver:
         self.fail_first = fail_first
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 outer.received.put(({k.lower(): v for k, v in self.headers.items()}, body))
@@ -53,9 +54,6 @@ class Receiver:
                 outer.fail_first -= 1
                 self.send_response(503 if failing else 200)
                 self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import openai
@@ -26,6 +26,7 @@ import pytest
 from deployments import notifier
 from deployments.notifier import Delivery, Notifier, deliver, new_secret, sign
 from deployments.outbound import guarded_client
+from tests.loopback import QuietHandler, loopback_server
 
 HANG = 0  # a scripted status that makes the receiver hold the request without answering
 EVENT: dict[str, Any] = {
@@ -66,7 +67,7 @@ class Receiver:
 
 
 def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             receiver.received.put(Received(dict(self.headers.items()), body, time.monotonic()))
@@ -83,24 +84,18 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
     return Handler
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    rec = Receiver(url=f"http://127.0.0.1:{server.server_address[1]}/hooks/wan")
-    server.RequestHandlerClass = _handler(rec)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield rec
-    rec.release.set()
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with loopback_server() as server:
+        rec = Receiver(url=f"http://127.0.0.1:{server.server_address[1]}/hooks/wan")
+        server.RequestHandlerClass = _handler(rec)
+        try:
+            yield rec
+        finally:
+            rec.release.set()  # a handler left waiting lets the server stop
 
 
 def run_deliver(url: str, secret: str | None, *, max_attempts: int = 3, backoff_s: float = 0.01,

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, TypeVar
 
 import httpx
@@ -22,6 +22,7 @@ from serve_app.config import AppConfig
 from serve_app.errors import APIError
 from serve_app.media import MediaResolver, check_webhook
 from serve_app.schemas import VideoCreateRequest
+from tests.loopback import QuietHandler, loopback_server
 from tests.media import png
 
 T = TypeVar("T")
@@ -45,7 +46,7 @@ class Origin:
 
 
 def _handler(origin: Origin) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
@@ -81,26 +82,19 @@ def _handler(origin: Origin) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
     return Handler
 
 
 @contextlib.contextmanager
 def origin_server() -> Iterator[Origin]:
     """The origin, served on loopback from a thread until the block ends."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    org = Origin(port=server.server_address[1])
-    server.RequestHandlerClass = _handler(org)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield org
-    org.hang.set()
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with loopback_server() as server:
+        org = Origin(port=server.server_address[1])
+        server.RequestHandlerClass = _handler(org)
+        try:
+            yield org
+        finally:
+            org.hang.set()  # a handler left hanging lets the server stop
 
 
 @pytest.fixture(scope="module")
