@@ -19,6 +19,7 @@ from deployments.metrics import GeneratorMetrics
 from deployments.plan import stage
 from pipelines.generate import generate
 from pipelines.loading import Offload, load_model
+from pipelines.options import LoraSpec, SpeedOptions
 from pipelines.request import GenerationCancelled, GenerationRequest
 from pipelines.variants import get_variant
 
@@ -37,11 +38,13 @@ class WanGenerator:
         device: str | None = None,
         gpu_memory_fraction: float | None = None,
         cpu_offload: Offload = False,
+        loras: list[LoraSpec] | None = None,
+        speed: SpeedOptions | None = None,
     ) -> None:
         started = time.perf_counter()
         self._model = load_model(
             get_variant(model), weights, dtype=dtype, device=device,
-            gpu_memory_fraction=gpu_memory_fraction, cpu_offload=cpu_offload,
+            gpu_memory_fraction=gpu_memory_fraction, cpu_offload=cpu_offload, loras=loras or [], speed=speed,
         )
         self._tracker = tracker
         self._metrics = GeneratorMetrics()

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from deployments.jobstore import Job
 from deployments.redact import scrub
 from pipelines.extend import Method
+from pipelines.options import LoraChoice
 from pipelines.request import GenerationCancelled, GenerationRequest, InvalidRequest
 
 
@@ -33,6 +34,12 @@ class GenerateParams(_Params):
     images: int = Field(1, description="generations in this stage: a batch makes one image per prompt")
     num_inference_steps: int
     seed: int
+    guidance_scale: float | None = None
+    guidance_scale_2: float | None = None
+    flow_shift: float | None = None
+    scheduler: str = "unipc"
+    preset: str | None = Field(None, description="the preset its job type (or the request) named")
+    loras: list[LoraChoice] = Field(default_factory=list, description="the selectable adapters it runs with")
 
 
 class ExtendParams(_Params):

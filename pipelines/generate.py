@@ -11,12 +11,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import UniPCMultistepScheduler
+from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from pipelines.conditioning import keyframes
 from pipelines.loading import LoadedModel
-from pipelines.request import GenerationCancelled, GenerationRequest, check_request
+from pipelines.lora import activate
+from pipelines.options import Scheduler
+from pipelines.request import GenerationCancelled, GenerationRequest, check_loras, check_request
 from pipelines.variants import Task
 
 StepCallback = Callable[[int, int], bool]
@@ -64,12 +67,23 @@ def pipeline_kwargs(req: GenerationRequest) -> dict[str, Any]:
     return kwargs
 
 
+def make_scheduler(name: Scheduler, config: Any, flow_shift: float) -> SchedulerMixin:
+    """A fresh scheduler per call, from the checkpoint's config: schedulers keep per-run state, and the kind and
+    flow_shift are request parameters. UniPC is Wan's own; Euler is what step-distilled (Lightning) LoRAs use."""
+    if name == "euler":
+        return FlowMatchEulerDiscreteScheduler(shift=flow_shift)
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(config, flow_shift=flow_shift, use_flow_sigmas=True,
+                                                       prediction_type="flow_prediction")
+    return UniPCMultistepScheduler.from_config(config, flow_shift=flow_shift)
+
+
 def generate(model: LoadedModel, req: GenerationRequest, on_step: StepCallback | None = None) -> np.ndarray:
     """Run `req` and return its frames as an FxHxWx3 uint8 array. Same seed and inputs, same frames."""
     check_request(model.variant, req)
+    check_loras(model.variant.name, model.adapters, req.loras)
     pipe = model.pipeline_for(req.task)
-    # A fresh scheduler per call: schedulers keep per-run state, and flow_shift is a request parameter.
-    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, flow_shift=req.flow_shift)
+    pipe.scheduler = make_scheduler(req.scheduler, model.scheduler_config, req.flow_shift)
 
     def step_end(p: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         if on_step is not None and not on_step(step + 1, p.num_timesteps):
@@ -77,7 +91,7 @@ def generate(model: LoadedModel, req: GenerationRequest, on_step: StepCallback |
         return tensors
 
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), activate(model.pipeline, model.adapters, req.loras):
             frames = pipe(**pipeline_kwargs(req), callback_on_step_end=step_end).frames[0]
     finally:
         model.free_offloaded()

@@ -7,6 +7,7 @@ weights (TI2V's image-to-video, T2V's video-to-video) get a view that shares eve
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,13 +20,16 @@ from diffusers import (
     WanVideoToVideoPipeline,
 )
 
+from pipelines.lora import load_adapters
+from pipelines.options import LoraSpec, SpeedOptions
+from pipelines.speed import apply_speed
 from pipelines.tiny import build_tiny_pipeline
 from pipelines.variants import Family, Task, Variant
 
 log = logging.getLogger(__name__)
 
 TINY = "tiny"
-Offload = Literal[False, True, "text_encoder"]
+Offload = Literal[False, True, "text_encoder", "group"]
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}  # no float16: UMT5 overflows in it
 
 
@@ -36,6 +40,9 @@ class LoadedModel:
     variant: Variant
     pipeline: DiffusionPipeline
     device: torch.device
+    scheduler_config: Any = field(default=None, repr=False)  # the checkpoint's, which each job's scheduler starts from
+    adapters: dict[str, LoraSpec] = field(default_factory=dict)  # the selectable ones, by name
+    fused: tuple[str, ...] = ()
     offload_hooks: list[Any] = field(default_factory=list, repr=False)  # accelerate's, for text_encoder offload
     _views: dict[Task, DiffusionPipeline] = field(default_factory=dict, repr=False)
 
@@ -83,12 +90,16 @@ def load_model(
     device: str | None = None,
     gpu_memory_fraction: float | None = None,
     cpu_offload: Offload = False,
+    loras: Sequence[LoraSpec] = (),
+    speed: SpeedOptions | None = None,
 ) -> LoadedModel:
-    """Load `variant` once. The VAE stays in float32, as Wan's reference code decodes it.
+    """Load `variant` once, with its adapters (fused ones fused) and speed options. The VAE stays in float32, as
+    Wan's reference code decodes it.
 
     `cpu_offload`: True moves every model to the GPU only while it runs (diffusers' model offload: least memory,
-    slowest); "text_encoder" keeps the transformer(s) and the VAE resident and moves only the text encoder, which
-    runs once per job; False keeps everything on the device.
+    slowest); "group" streams the transformers' blocks to the GPU as they run (diffusers' group offload: little
+    memory, close to resident speed on a card with fast host links); "text_encoder" keeps the transformer(s) and
+    the VAE resident and moves only the text encoder, which runs once per job; False keeps everything on the device.
     """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if target.type == "cuda" and target.index is None:
@@ -105,15 +116,22 @@ def load_model(
         torch_dtype = DTYPES[dtype] if target.type != "cpu" else torch.float32
         log.info("loading %s from %s (%s on %s)", variant.name, source, torch_dtype, target)
         pipe = DiffusionPipeline.from_pretrained(source, dtype=component_dtypes(source, torch_dtype))
+    scheduler_config = pipe.scheduler.config
+    adapters = load_adapters(pipe, loras)  # on the CPU, before placement: fusing needs no GPU memory of its own
     hooks: list[Any] = []
     if cpu_offload is True and target.type == "cuda":
         pipe.enable_model_cpu_offload(device=target)
+    elif cpu_offload == "group" and target.type == "cuda":
+        pipe.enable_group_offload(onload_device=target, offload_type="block_level", num_blocks_per_group=1,
+                                  use_stream=True)
     elif cpu_offload == "text_encoder" and target.type == "cuda":
         hooks = offload_text_encoder(pipe, target)
     else:
         pipe.to(target)
+    apply_speed(pipe, speed or SpeedOptions())
     pipe.set_progress_bar_config(disable=True)
-    return LoadedModel(variant=variant, pipeline=pipe, device=target, offload_hooks=hooks)
+    return LoadedModel(variant=variant, pipeline=pipe, device=target, scheduler_config=scheduler_config,
+                       adapters=adapters, fused=tuple(s.name for s in loras if s.fuse), offload_hooks=hooks)
 
 
 def offload_text_encoder(pipe: DiffusionPipeline, device: torch.device) -> list[Any]:

@@ -6,15 +6,19 @@ the generator checks them again before it runs one, with the same messages.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import get_args
 
 import numpy as np
 
+from pipelines.options import LoraSpec, Scheduler
 from pipelines.variants import Task, Variant
 
 MAX_STEPS = 200
 MAX_PROMPT_CHARS = 32_000  # a ceiling for any caller; the service's configured limit is lower
 MAX_REFERENCE_IMAGES = 3
+MAX_LORAS = 8
 
 
 class InvalidRequest(ValueError):
@@ -35,6 +39,14 @@ class InvalidRequest(ValueError):
 
 class GenerationCancelled(Exception):
     """Raised inside the denoising loop when the caller asks to stop."""
+
+
+@dataclass(frozen=True)
+class LoraUse:
+    """A selectable adapter a job runs with; `scale` multiplies the scales the model's config gives it."""
+
+    name: str
+    scale: float = 1.0
 
 
 @dataclass
@@ -62,6 +74,8 @@ class GenerationRequest:
     video: np.ndarray | None = None
     mask: np.ndarray | None = None
     reference_images: list[np.ndarray] = field(default_factory=list)
+    scheduler: Scheduler = "unipc"
+    loras: tuple[LoraUse, ...] = ()
 
 
 def check_size(variant: Variant, width: int, height: int, param: str = "size") -> None:
@@ -110,9 +124,28 @@ def check_request(variant: Variant, req: GenerationRequest) -> None:
         raise InvalidRequest("flow_shift", "flow_shift must be within (0, 50]")
     if not 0 <= req.seed < 2**63:
         raise InvalidRequest("seed", "seed must be within 0..2**63-1")
+    if req.scheduler not in get_args(Scheduler):
+        raise InvalidRequest("scheduler", f"scheduler must be one of {', '.join(get_args(Scheduler))}")
     if not 0.0 < req.denoise_strength <= 1.0:
         raise InvalidRequest("denoise_strength", "denoise_strength must be within (0, 1]")
     _check_inputs(req)
+
+
+def check_loras(model: str, adapters: Mapping[str, LoraSpec], uses: Sequence[LoraUse]) -> None:
+    """Each adapter a job asks for is one of `model`'s selectable adapters, once, at a sane scale."""
+    if len(uses) > MAX_LORAS:
+        raise InvalidRequest("loras", f"at most {MAX_LORAS} adapters per job")
+    seen: set[str] = set()
+    for i, use in enumerate(uses):
+        if use.name not in adapters:
+            known = ", ".join(sorted(adapters)) or "none"
+            raise InvalidRequest(f"loras[{i}].name", f"{model} has no selectable adapter {use.name!r}; it has: "
+                                                     f"{known}", code="unknown_adapter")
+        if use.name in seen:
+            raise InvalidRequest(f"loras[{i}].name", f"adapter {use.name!r} is listed twice")
+        if not -10.0 <= use.scale <= 10.0:
+            raise InvalidRequest(f"loras[{i}].scale", "an adapter's scale must be within -10..10")
+        seen.add(use.name)
 
 
 def _check_inputs(req: GenerationRequest) -> None:

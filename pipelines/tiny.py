@@ -84,6 +84,8 @@ def _transformer(family: Family) -> WanTransformer3DModel:
             )
         case Family.TI2V:
             return WanTransformer3DModel(in_channels=48, out_channels=48, **common)
+        case Family.I2V_A14B:  # noise + mask + image latents; no CLIP image tokens
+            return WanTransformer3DModel(in_channels=36, out_channels=16, **common)
         case Family.I2V:  # noise + mask + image latents, and CLIP image tokens in cross-attention
             return WanTransformer3DModel(in_channels=36, out_channels=16, image_dim=CLIP_DIM, **common)
         case Family.FLF2V:  # as I2V, plus a positional embedding over the first and last frames' tokens
@@ -124,6 +126,8 @@ def build_tiny_pipeline(family: Family, seed: int = 0) -> DiffusionPipeline:
             pipe = WanPipeline(**parts, expand_timesteps=True)
         case Family.A14B:
             pipe = WanPipeline(**parts, transformer_2=_transformer(family), boundary_ratio=0.875)
+        case Family.I2V_A14B:
+            pipe = WanImageToVideoPipeline(**parts, transformer_2=_transformer(family), boundary_ratio=0.9)
         case _:
             pipe = WanPipeline(**parts)
     for module in pipe.components.values():

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from pipelines.options import Scheduler
+
 
 class Task(StrEnum):
     """What a request asks a model to do."""
@@ -30,6 +32,7 @@ class Family(StrEnum):
     VACE = "vace"
     TI2V = "ti2v"
     A14B = "a14b"
+    I2V_A14B = "i2v_a14b"  # Wan 2.2's two-expert image-to-video: no CLIP, first and/or last frame in the latents
 
 
 RESOLUTIONS_480 = {"480p": (832, 480), "480p-portrait": (480, 832)}
@@ -70,6 +73,7 @@ class Variant:
     flow_shift: float = 3.0
     flow_shift_480p: float | None = None  # where upstream shifts less at 480p than at the larger sizes
     negative_prompt: str = WAN_NEGATIVE_PROMPT
+    scheduler: Scheduler = "unipc"
     boundary_ratio: float | None = None
     tiny: bool = False
     description: str = ""
@@ -134,10 +138,10 @@ CATALOG: dict[str, Variant] = _catalog(
             RESOLUTIONS_480 | RESOLUTIONS_720, "720p", steps=40, guidance_scale=4.0, guidance_scale_2=3.0,
             flow_shift=12.0, boundary_ratio=0.875,
             description="Wan 2.2 text-to-video, two 14B experts (MoE)"),
-    Variant("Wan2.2-I2V-A14B", Family.I2V, "Wan-AI/Wan2.2-I2V-A14B-Diffusers", (Task.I2V,), 16,
+    Variant("Wan2.2-I2V-A14B", Family.I2V_A14B, "Wan-AI/Wan2.2-I2V-A14B-Diffusers", (Task.I2V, Task.FLF2V), 16,
             RESOLUTIONS_480 | RESOLUTIONS_720, "720p", steps=40, guidance_scale=3.5, guidance_scale_2=3.5,
             flow_shift=5.0, boundary_ratio=0.9,
-            description="Wan 2.2 image-to-video, two 14B experts (MoE)"),
+            description="Wan 2.2 image-to-video and first-last-frame, two 14B experts (MoE)"),
     Variant("Wan2.2-TI2V-5B", Family.TI2V, "Wan-AI/Wan2.2-TI2V-5B-Diffusers", _TI2V, 24,
             {"704p": (1280, 704), "704p-portrait": (704, 1280)}, "704p", size_multiple=32,
             max_frames=121, default_frames=121, guidance_scale=5.0, flow_shift=5.0,
@@ -157,6 +161,9 @@ CATALOG: dict[str, Variant] = _catalog(
     Variant("tiny-a14b", Family.A14B, None, (Task.T2V, Task.T2I), 16, RESOLUTIONS_TINY, "tiny", steps=4,
             guidance_scale=4.0, guidance_scale_2=3.0, boundary_ratio=0.875, tiny=True,
             description="Tiny twin of Wan2.2-T2V-A14B (random weights: noise, not pictures)"),
+    Variant("tiny-i2v-a14b", Family.I2V_A14B, None, (Task.I2V, Task.FLF2V), 16, RESOLUTIONS_TINY, "tiny", steps=4,
+            guidance_scale=3.5, guidance_scale_2=3.5, flow_shift=5.0, boundary_ratio=0.9, tiny=True,
+            description="Tiny twin of Wan2.2-I2V-A14B (random weights: noise, not pictures)"),
 )
 
 

@@ -69,7 +69,7 @@ def build_app(args: dict[str, Any]) -> Application:
     generators = {
         m.name: WanGenerator.options(**generator_options(m)).bind(
             model=m.name, tracker=tracker, weights=m.weights, dtype=m.dtype, device=m.device,
-            gpu_memory_fraction=m.memory_fraction, cpu_offload=m.cpu_offload,
+            gpu_memory_fraction=m.memory_fraction, cpu_offload=m.cpu_offload, loras=m.loras, speed=m.speed,
         )
         for m in config.models
     }

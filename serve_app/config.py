@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from ray.serve.config import AutoscalingConfig
 
 from deployments.storage import S3Config
+from pipelines.options import LoraChoice, LoraSpec, Scheduler, SpeedOptions
 from pipelines.request import MAX_PROMPT_CHARS
 from pipelines.variants import CATALOG, Task, Variant, get_variant
 from pipelines.video import MAX_IMAGE_PIXELS
@@ -23,15 +24,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class QualityDefaults(_Strict):
-    """What a request leaves out, per model; unset fields keep the catalog's (upstream Wan's own defaults)."""
+JobType = Literal["image_fast", "image_high", "video_fast", "video_high"]
+DEFAULT_JOB_TYPES: dict[JobType, str] = {"image_fast": "fast", "image_high": "high", "video_fast": "fast",
+                                         "video_high": "high"}
+PRESET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
-    negative_prompt: str | None = Field(None, description='sent when a request has none; "" sends none')
+
+class Sampling(_Strict):
+    """How a model samples; unset fields fall through to the next layer (request > preset > model > catalog)."""
+
     num_inference_steps: int | None = Field(None, ge=1, le=200)
-    guidance_scale: float | None = Field(None, ge=0, le=20)
+    guidance_scale: float | None = Field(None, ge=0, le=20, description="1.0 turns classifier-free guidance off "
+                                                                       "(half the transformer passes)")
     guidance_scale_2: float | None = Field(None, ge=0, le=20, description="the low-noise expert's (A14B models)")
     flow_shift: float | None = Field(None, gt=0, le=50, description="at every size, replacing the catalog's "
                                                                    "480p shift too")
+    scheduler: Scheduler | None = Field(None, description="unipc (Wan's own), euler (what step-distilled LoRAs "
+                                                          "use) or dpm++")
+
+
+class QualityDefaults(Sampling):
+    """What a request leaves out, per model; unset fields keep the catalog's (upstream Wan's own defaults)."""
+
+    negative_prompt: str | None = Field(None, description='sent when a request has none; "" sends none')
+
+
+class PresetConfig(Sampling):
+    """A named trade-off of quality against time: what it sets wins over the model's defaults, and a request's
+    own fields win over it."""
+
+    loras: list[LoraChoice] = Field(default_factory=list, description="selectable adapters it turns on")
+
+
+def builtin_presets(variant: Variant) -> dict[str, PresetConfig]:
+    """Every model's presets unless its config redefines them: `high` is the model's defaults, `fast` half their
+    steps (a config gives `fast` a step-distilled LoRA where one exists)."""
+    return {"high": PresetConfig(), "fast": PresetConfig(num_inference_steps=max(1, variant.steps // 2))}
 
 
 class ModelConfig(_Strict):
@@ -45,8 +73,9 @@ class ModelConfig(_Strict):
                                 "no float16: Wan's UMT5 text encoder overflows in it")
     device: str | None = None
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
-    cpu_offload: bool | Literal["text_encoder"] = Field(
-        False, description='true: every model on the GPU only while it runs (least memory, slowest); '
+    cpu_offload: bool | Literal["text_encoder", "group"] = Field(
+        False, description='true: every model on the GPU only while it runs (least memory, slowest); "group": the '
+                           "transformers' blocks stream to the GPU as they run (little memory, near resident speed); "
                            '"text_encoder": the transformers and VAE stay on the GPU and only the text encoder, '
                            "used once per job, is moved there when needed")
     default_for: list[Task] = Field(default_factory=list, description="tasks this model serves by default")
@@ -56,6 +85,13 @@ class ModelConfig(_Strict):
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
     max_queued_jobs: int = Field(64, ge=1, description="queued + running jobs before 429")
     defaults: QualityDefaults = QualityDefaults()
+    loras: list[LoraSpec] = Field(default_factory=list, description="LoRA adapters: fused at load, or selectable "
+                                                                    "per request and by presets")
+    presets: dict[str, PresetConfig] = Field(default_factory=dict, description="named presets, added to (or "
+                                             "replacing) the built-in fast and high")
+    job_types: dict[JobType, str] = Field(default_factory=dict, description="this model's preset per job type, "
+                                          "over the app's job_types")
+    speed: SpeedOptions = SpeedOptions()
     graceful_shutdown_timeout_s: float = Field(600, gt=0, description="longer than one generation")
 
     @field_validator("name")
@@ -87,7 +123,37 @@ class ModelConfig(_Strict):
                                  f"{', '.join(t.value for t in variant.tasks)}")
         if self.defaults.guidance_scale_2 is not None and variant.boundary_ratio is None:
             raise ValueError(f"{self.name} has one expert: defaults.guidance_scale_2 is for the A14B models")
+        self._check_adapters(variant)
         return self
+
+    def _check_adapters(self, variant: Variant) -> None:
+        names = [spec.name for spec in self.loras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: each adapter name may be used once; got {names}")
+        for spec in self.loras:
+            if "transformer_2" in spec.scales and variant.boundary_ratio is None:
+                raise ValueError(f"{self.name} has one expert: adapter {spec.name!r} cannot load into transformer_2")
+        for name, preset in self.presets.items():
+            if not re.match(PRESET_NAME, name):
+                raise ValueError(f"{self.name}: preset name {name!r} must match {PRESET_NAME}")
+            if preset.guidance_scale_2 is not None and variant.boundary_ratio is None:
+                raise ValueError(f"{self.name} has one expert: preset {name!r} cannot set guidance_scale_2")
+            for choice in preset.loras:
+                if choice.name not in self.selectable:
+                    raise ValueError(f"{self.name}: preset {name!r} turns on {choice.name!r}, which is not one of "
+                                     f"its selectable (unfused) adapters: {sorted(self.selectable)}")
+        for job_type, preset_name in self.job_types.items():
+            if preset_name not in self.all_presets:
+                raise ValueError(f"{self.name}: job type {job_type} names an unknown preset {preset_name!r}")
+
+    @property
+    def selectable(self) -> dict[str, LoraSpec]:
+        """The adapters a request or a preset may turn on, by name."""
+        return {spec.name: spec for spec in self.loras if not spec.fuse}
+
+    @property
+    def all_presets(self) -> dict[str, PresetConfig]:
+        return builtin_presets(self.variant) | self.presets
 
     @property
     def variant(self) -> Variant:
@@ -95,7 +161,8 @@ class ModelConfig(_Strict):
         d = self.defaults
         changes = {key: value for key, value in dict(
             negative_prompt=d.negative_prompt, steps=d.num_inference_steps, guidance_scale=d.guidance_scale,
-            guidance_scale_2=d.guidance_scale_2, flow_shift=d.flow_shift).items() if value is not None}
+            guidance_scale_2=d.guidance_scale_2, flow_shift=d.flow_shift, scheduler=d.scheduler).items()
+            if value is not None}
         if d.flow_shift is not None:
             changes["flow_shift_480p"] = None
         return replace(get_variant(self.name), **changes)
@@ -220,6 +287,8 @@ class AppConfig(_Strict):
     retention: RetentionConfig = RetentionConfig()
     api_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json (without a key)")
     public_url: str = Field("", description="this service's external base URL, for asset links in webhooks")
+    job_types: dict[JobType, str] = Field(default_factory=lambda: dict(DEFAULT_JOB_TYPES), description="the "
+                                          "preset each job type runs, for models that do not name their own")
     orphan_sweep_s: float = Field(30.0, gt=0, description="how often the job tracker fails the queued and running "
                                   "jobs whose flow runner replica is gone (a crash), and sends their webhooks")
     poll_after_ms: int = Field(1000, ge=100)
@@ -232,7 +301,16 @@ class AppConfig(_Strict):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"each model may be listed once; got {names}")
+        for m in self.models:
+            for job_type in DEFAULT_JOB_TYPES:
+                if self.preset_name(m, job_type) not in m.all_presets:
+                    raise ValueError(f"{m.name}: job type {job_type} runs preset {self.preset_name(m, job_type)!r}, "
+                                     f"which it does not have ({', '.join(m.all_presets)})")
         return self
+
+    def preset_name(self, model: ModelConfig, job_type: JobType) -> str:
+        """The preset `job_type` runs on `model`: the model's own mapping, else the app's."""
+        return model.job_types.get(job_type) or self.job_types.get(job_type) or DEFAULT_JOB_TYPES[job_type]
 
     def absolute(self, base: Path) -> AppConfig:
         """Paths resolved against `base`, since Ray workers do not share the driver's working directory."""

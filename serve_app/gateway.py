@@ -33,8 +33,10 @@ from serve_app.idempotency import KeyHeader, idempotency
 from serve_app.limits import check_metadata, media_bounds
 from serve_app.media import MEDIA_FIELDS, MediaResolver, check_webhook, normalize_upload
 from serve_app.openapi import UPLOAD_BODY, remove_docs, video_body
+from serve_app.presets import JOB_TYPES
 from serve_app.router import Fields, Media, Routed, route, route_batch
 from serve_app.schemas import (
+    AdapterCard,
     BatchDeleted,
     ImageBatch,
     ImageBatchRequest,
@@ -159,7 +161,8 @@ class Gateway:
         await self._check_session(request, body.session_id)
         media = await self._media.resolve(body, raw, body.session_id)
         job_id = f"video_{uuid.uuid4().hex}"
-        args = Fields(**body.model_dump(exclude={*MEDIA_FIELDS, "webhook_url"}), webhook_url=_url(body.webhook_url))
+        args = Fields(**body.model_dump(exclude={*MEDIA_FIELDS, "webhook_url", "loras"}), loras=body.loras,
+                      webhook_url=_url(body.webhook_url))
         routed = await asyncio.to_thread(route, self._config, args, media, job_id)
         if dry_run:
             plan = VideoPlan(model=routed.variant.name, task=routed.plan.task, plan=routed.plan.model_dump(),
@@ -233,8 +236,8 @@ class Gateway:
         A client that goes away before they end cancels them.
         """
         key = idempotency(idempotency_key, request.url.path, body)
-        params = body.model_dump(exclude={"n", "response_format", "quality", "style", "user"})
-        fields = Fields(**params, task=Task.T2I, num_frames=1)
+        params = body.model_dump(exclude={"n", "response_format", "quality", "style", "user", "loras"})
+        fields = Fields(**params, loras=body.loras, task=Task.T2I, num_frames=1)
         work = []
         for _ in range(body.n):
             job_id = f"img_{uuid.uuid4().hex}"
@@ -271,8 +274,8 @@ class Gateway:
         key = idempotency(idempotency_key, request.url.path, body)
         await check_webhook(body.webhook_url, self._config.webhooks.private_allowed())
         await self._check_session(request, body.session_id)
-        fields = Fields(prompt=body.prompts[0], **body.model_dump(exclude={"prompts", "webhook_url"}),
-                        webhook_url=_url(body.webhook_url))
+        fields = Fields(prompt=body.prompts[0], **body.model_dump(exclude={"prompts", "webhook_url", "loras"}),
+                        loras=body.loras, webhook_url=_url(body.webhook_url))
         job_id = f"batch_{uuid.uuid4().hex}"
         routed = route_batch(self._config, fields, body.prompts, job_id)
         [job] = await self._submit([_submission("batch", job_id, routed, fields, caller_of(request))], key=key)
@@ -376,6 +379,9 @@ class Gateway:
                 gpus=m.num_gpus, gpu_memory_fraction=m.memory_fraction,
                 replicas={"status": d.status.value if d else "UNKNOWN", "states": _replicas(d),
                           "message": d.message if d else ""},
+                adapters=[AdapterCard(name=a.name, fused=a.fuse, scales=a.scales) for a in m.loras],
+                presets={name: p.model_dump(exclude_none=True) for name, p in m.all_presets.items()},
+                job_types={t: self._config.preset_name(m, t) for t in JOB_TYPES},
             ))
         return ModelList(data=cards)
 

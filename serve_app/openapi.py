@@ -28,10 +28,18 @@ def _not_null(prop: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in prop.items() if k != "anyOf"}, **options[0]}
 
 
+def _form_field(prop: dict[str, Any]) -> dict[str, Any]:
+    """A form field: a list (`loras`) travels as JSON text, the rest as it is."""
+    prop = _not_null(prop)
+    if prop.get("type") == "array":
+        return {"type": "string", "contentMediaType": "application/json", "description": prop.get("description", "")}
+    return prop
+
+
 def _multipart(model: type[BaseModel], files: tuple[str, ...]) -> dict[str, Any]:
     """`model`'s fields as a form, with `files` as file parts (a form has no null: an optional field is left out)."""
     schema = model.model_json_schema(ref_template=REF)
-    properties = {name: BINARY if name in files else _not_null(prop) for name, prop in schema["properties"].items()}
+    properties = {name: BINARY if name in files else _form_field(prop) for name, prop in schema["properties"].items()}
     return {"type": "object", "properties": properties, "required": schema.get("required", [])}
 
 

@@ -29,7 +29,7 @@ from deployments.plan import (
 from deployments.storage import job_prefix
 from pipelines.extend import Method, segments
 from pipelines.interpolate import interpolated_count
-from pipelines.request import GenerationRequest
+from pipelines.request import GenerationRequest, InvalidRequest
 from pipelines.variants import Task, Variant
 
 if TYPE_CHECKING:
@@ -40,9 +40,7 @@ def video_plan(variant: Variant, request: GenerationRequest, inputs: FlowInputs,
                extension: tuple[str, Method] | None, fps: int, out_fps: int, job_id: str, fields: Fields
                ) -> tuple[Plan, int, int]:
     """The plan of a video (or one-image) job, with the output's frame count and frame rate."""
-    stages: list[Stage] = [Generate(params=GenerateParams(
-        model=variant.name, task=request.task.value, size=f"{request.width}x{request.height}",
-        num_frames=frames.window, num_inference_steps=request.num_inference_steps, seed=request.seed))]
+    stages: list[Stage] = [Generate(params=generate_params(variant, request, fields, num_frames=frames.window))]
     steps = request.num_inference_steps
     parts: list[Output] = []
     if extension is not None and inputs.extension is not None:
@@ -73,6 +71,15 @@ def video_plan(variant: Variant, request: GenerationRequest, inputs: FlowInputs,
     return Plan(task=request.task.value, model=variant.name, total_steps=steps, stages=stages), out_frames, out_fps
 
 
+def generate_params(variant: Variant, request: GenerationRequest, fields: Fields, **counts: int) -> GenerateParams:
+    """A generate stage as it will run: every sampling parameter resolved, the preset that set them, the adapters."""
+    return GenerateParams(
+        model=variant.name, task=request.task.value, size=f"{request.width}x{request.height}",
+        num_inference_steps=request.num_inference_steps, seed=request.seed, guidance_scale=request.guidance_scale,
+        guidance_scale_2=request.guidance_scale_2, flow_shift=request.flow_shift, scheduler=request.scheduler,
+        preset=fields.preset, loras=fields.loras or [], **counts)
+
+
 def batch_plan(variant: Variant, requests: list[GenerationRequest], job_id: str, fields: Fields) -> Plan:
     """One image per request, each a PNG, and one ZIP of them all."""
     first = requests[0]
@@ -80,9 +87,7 @@ def batch_plan(variant: Variant, requests: list[GenerationRequest], job_id: str,
     outputs = [Output(name=n, clip=i, format="png") for i, n in enumerate(names)]
     outputs.append(Output(name="images", format="zip", members=names))
     stages: list[Stage] = [
-        Generate(params=GenerateParams(model=variant.name, task=first.task.value,
-                                       size=f"{first.width}x{first.height}", images=len(requests),
-                                       num_inference_steps=first.num_inference_steps, seed=first.seed)),
+        Generate(params=generate_params(variant, first, fields, images=len(requests))),
         Encode(params=EncodeParams(outputs=outputs)),
         *final_stages(job_id, fields),
     ]
@@ -95,3 +100,17 @@ def final_stages(job_id: str, fields: Fields) -> list[Stage]:
     if fields.webhook_url:
         stages.append(Notify(params=NotifyParams(url=fields.webhook_url)))
     return stages
+
+
+def interpolation_target(fields: Fields, fps: int) -> int:
+    """The output frame rate: `target_fps`, or `fps * interpolation_factor`, or `fps` (no interpolation)."""
+    if fields.target_fps is not None and fields.interpolation_factor is not None:
+        raise InvalidRequest("interpolation_factor", "send target_fps or interpolation_factor, not both")
+    if fields.interpolation_factor is not None:
+        return fps * fields.interpolation_factor
+    if fields.target_fps is None or fields.target_fps == fps:
+        return fps
+    if fields.target_fps < fps:
+        raise InvalidRequest("target_fps", f"target_fps {fields.target_fps} is below the clip's {fps} fps; "
+                                           "interpolation only raises the frame rate")
+    return fields.target_fps

@@ -20,12 +20,14 @@ import numpy as np
 from deployments.plan import FlowInputs, Plan
 from pipelines.conditioning import ResizePolicy, binary_mask, fit_clip, fit_image, grid_ceil, pad_frames, size_for_image
 from pipelines.extend import Method, check_overlap, extended_length, extensions_to_cover
-from pipelines.request import GenerationRequest, InvalidRequest, check_frames, check_request, check_size
+from pipelines.options import LoraChoice, Scheduler
+from pipelines.request import GenerationRequest, InvalidRequest, check_frames, check_loras, check_request, check_size
 from pipelines.variants import Family, Task, Variant
 from pipelines.video import resample_frames
 from serve_app import planner
 from serve_app.config import AppConfig
 from serve_app.limits import check_batch, check_cost, check_inputs
+from serve_app.presets import apply_preset, frames_for_job_type, lora_uses, recorded
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
@@ -74,6 +76,10 @@ class Fields:
     interpolation_factor: int | None = None
     session_id: str | None = None
     webhook_url: str | None = None
+    job_type: str | None = None
+    preset: str | None = None  # the one resolved, once presets are applied
+    scheduler: Scheduler | None = None
+    loras: list[LoraChoice] | None = None  # None: the preset's; []: none
 
 
 @dataclass
@@ -294,7 +300,8 @@ def generation_request(variant: Variant, task: Task, fields: Fields, width: int,
         guidance_scale=given(fields.guidance_scale, variant.guidance_scale),
         guidance_scale_2=variant.guidance_scale_2 if fields.guidance_scale_2 is None else fields.guidance_scale_2,
         flow_shift=given(fields.flow_shift, variant.flow_shift_for(width, height)), seed=seed,
-        denoise_strength=denoise_strength(fields),
+        denoise_strength=denoise_strength(fields), scheduler=fields.scheduler or variant.scheduler,
+        loras=lora_uses(fields),
     )
 
 
@@ -309,6 +316,7 @@ def extension_request(config: AppConfig, variant: Variant, fields: Fields, first
     check_frames(ext_variant, window, "num_frames")
     base = replace(base, reference_images=first.reference_images if method == "vace" else [],
                    guidance_scale_2=base.guidance_scale_2 if ext_variant.boundary_ratio else None)
+    check_loras(ext_variant.name, config.model(ext_variant.name).selectable, base.loras)
     return ext_variant, method, base
 
 
@@ -321,9 +329,11 @@ def new_seed(fields: Fields) -> int:
 
 def route(config: AppConfig, fields: Fields, media: Media, job_id: str) -> Routed:
     """A video (or single image) job, in diffusers' order: classify, resolve, check, plan."""
-    # 1. classify: the task, the model, and where the images go
+    # 1. classify: the task, the model, and where the images go; then the preset its job type names
+    fields = frames_for_job_type(fields)
     first, last = place_references(fields, media)
     variant, task = choose_variant(config, fields, media, first, last)
+    fields = apply_preset(config, config.model(variant.name), fields)
 
     # 2. resolve the size, the images and the source clip fitted to it, the frames, and every default
     width, height = output_size(variant, fields.size, first if first is not None else last)
@@ -350,34 +360,22 @@ def route(config: AppConfig, fields: Fields, media: Media, job_id: str) -> Route
     # 4. plan
     fps = fields.fps or variant.fps
     plan, out_frames, out_fps = planner.video_plan(
-        variant, request, inputs, frames, extension, fps, interpolation_target(fields, fps), job_id, fields)
+        variant, request, inputs, frames, extension, fps, planner.interpolation_target(fields, fps), job_id, fields)
     check_cost(config.limits, fields, frames, out_frames, width, height)
     params = {"size": f"{width}x{height}", "num_frames": out_frames, "fps": out_fps, "seed": request.seed,
               "seconds": f"{max(out_frames - 1, 0) / out_fps:g}", "num_inference_steps": request.num_inference_steps,
-              "resize_policy": fields.resize_policy if any(i is not None for i in (first, last, reference)) else None}
+              "resize_policy": fields.resize_policy if any(i is not None for i in (first, last, reference)) else None,
+              **recorded(fields)}
     return Routed(variant=variant, plan=plan, inputs=inputs, params=params)
-
-
-def interpolation_target(fields: Fields, fps: int) -> int:
-    """The output frame rate: `target_fps`, or `fps * interpolation_factor`, or `fps` (no interpolation)."""
-    if fields.target_fps is not None and fields.interpolation_factor is not None:
-        raise InvalidRequest("interpolation_factor", "send target_fps or interpolation_factor, not both")
-    if fields.interpolation_factor is not None:
-        return fps * fields.interpolation_factor
-    if fields.target_fps is None or fields.target_fps == fps:
-        return fps
-    if fields.target_fps < fps:
-        raise InvalidRequest("target_fps", f"target_fps {fields.target_fps} is below the clip's {fps} fps; "
-                                           "interpolation only raises the frame rate")
-    return fields.target_fps
 
 
 def route_batch(config: AppConfig, fields: Fields, prompts: list[str], job_id: str) -> Routed:
     """Text-to-image for each prompt as one job: image i uses seed + i; a PNG each and one ZIP of them all."""
     # 1. classify
     check_batch(config.limits, prompts, fields.negative_prompt)
-    fields = replace(fields, task=Task.T2I, num_frames=1)
+    fields = frames_for_job_type(replace(fields, task=Task.T2I, num_frames=1))
     variant, task = choose_variant(config, fields, Media(), None, None)
+    fields = apply_preset(config, config.model(variant.name), fields)
     # 2. resolve
     width, height = parse_size(variant, fields.size)
     seed = new_seed(fields)
@@ -393,5 +391,5 @@ def route_batch(config: AppConfig, fields: Fields, prompts: list[str], job_id: s
     # 4. plan
     plan = planner.batch_plan(variant, requests, job_id, fields)
     params = {"size": f"{width}x{height}", "seed": seed, "prompts": prompts,
-              "num_inference_steps": requests[0].num_inference_steps}
+              "num_inference_steps": requests[0].num_inference_steps, **recorded(fields)}
     return Routed(variant=variant, plan=plan, inputs=FlowInputs(requests=requests), params=params)

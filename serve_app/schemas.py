@@ -6,11 +6,13 @@ multipart), so numeric fields are parsed in pydantic's lax mode: "5" is 5.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
 
-from pipelines.request import MAX_PROMPT_CHARS
+from pipelines.options import LoraChoice, Scheduler
+from pipelines.request import MAX_LORAS, MAX_PROMPT_CHARS
 from pipelines.variants import Task
 
 NEGATIVE_PROMPT = "unset: the model's default (upstream Wan's); an empty string for none"
@@ -21,13 +23,48 @@ MAX_METADATA_KEYS = 256
 Prompt = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
 VideoStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 ReferenceMode = Literal["none", "single", "start", "end", "both"]
+JobTypeName = Literal["image_fast", "image_high", "video_fast", "video_high", "image_fast_enhanced",
+                      "image_high_enhanced", "video_fast_enhanced", "video_high_enhanced"]
+
+
+def _json_text(value: Any) -> Any:
+    """Multipart carries structured fields as JSON text; JSON bodies carry them as they are."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError('must be a JSON list such as [{"name": "style", "scale": 0.8}]') from None
+    return value
+
+
+Loras = Annotated[list[LoraChoice], BeforeValidator(_json_text), Field(max_length=MAX_LORAS)]
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class VideoCreateRequest(_Body):
+class _Tuning(_Body):
+    """The fields that pick a quality/time trade-off, shared by every generation endpoint."""
+
+    job_type: JobTypeName | None = Field(None, description="quality against time by name: image_fast, image_high, "
+                                         "video_fast, video_high (each a preset of the model); the *_enhanced forms "
+                                         "add prompt enhancement")
+    preset: str | None = Field(None, max_length=64, description="one of the model's presets by name (GET /v1/models)")
+    scheduler: Scheduler | None = None
+    loras: Loras | None = Field(None, description="selectable adapters for this job, each {name, scale}; in "
+                                                  'multipart a JSON string. [] runs none, even where a preset has some')
+
+
+class _Tuned(BaseModel):
+    """What a job ran with, beyond the sampling parameters: its job type, preset and adapters."""
+
+    job_type: str | None = None
+    preset: str | None = None
+    loras: list[LoraChoice] = Field(default_factory=list, description="the selectable adapters it ran with")
+
+
+class VideoCreateRequest(_Tuning):
     """POST /v1/videos. Media fields hold data URLs in JSON; in multipart they are uploaded files."""
 
     prompt: Prompt
@@ -98,7 +135,7 @@ class UploadStatus(BaseModel):
     error: str | None = None
 
 
-class Video(BaseModel):
+class Video(_Tuned):
     """The OpenAI video object, with Wan's generation parameters alongside."""
 
     id: str
@@ -140,7 +177,7 @@ class VideoList(BaseModel):
     has_more: bool
 
 
-class VideoPlan(BaseModel):
+class VideoPlan(_Tuned):
     """POST /v1/videos?dry_run=true: what would run, with every default resolved; nothing is queued."""
 
     object: Literal["video.plan"] = "video.plan"
@@ -179,7 +216,7 @@ class SessionDeleted(_Deleted):
     object: Literal["session.deleted"] = "session.deleted"
 
 
-class ImageGenerationRequest(_Body):
+class ImageGenerationRequest(_Tuning):
     """POST /v1/images/generations: text-to-image as a one-frame T2V."""
 
     prompt: Prompt
@@ -197,7 +234,7 @@ class ImageGenerationRequest(_Body):
     seed: int | None = Field(None, ge=0)
 
 
-class ImageBatchRequest(_Body):
+class ImageBatchRequest(_Tuning):
     """POST /v1/images/batches: up to 20 prompts as one job; each image by index, all as one ZIP."""
 
     prompts: list[Prompt] = Field(min_length=1, max_length=100, description="at most `limits.max_batch_prompts`")
@@ -212,7 +249,7 @@ class ImageBatchRequest(_Body):
     webhook_url: HttpUrl | None = None
 
 
-class ImageBatch(BaseModel):
+class ImageBatch(_Tuned):
     id: str
     object: Literal["image.batch"] = "image.batch"
     created_at: int
@@ -273,6 +310,12 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
 
 
+class AdapterCard(BaseModel):
+    name: str
+    fused: bool = Field(description="fused at load, on for every job; else selectable with `loras` and presets")
+    scales: dict[str, float] = Field(description="each expert's scale (transformer_2: Wan 2.2's low-noise expert)")
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -288,6 +331,9 @@ class ModelCard(BaseModel):
     gpu_memory_fraction: float | None = Field(description="each replica's cap on its card's memory")
     replicas: dict[str, Any] = Field(description="the generator deployment's status, replicas by state, and "
                                                  "Serve's message (why replicas are pending, for one)")
+    adapters: list[AdapterCard] = Field(default_factory=list)
+    presets: dict[str, dict[str, Any]] = Field(default_factory=dict, description="what each preset sets")
+    job_types: dict[str, str] = Field(default_factory=dict, description="the preset each job type runs")
 
 
 class ModelList(BaseModel):

@@ -23,7 +23,8 @@ def job_view(job: Job, links: AssetLinks, base: str) -> Video | ImageBatch:
         expires_at=int(job.expires_at) if job.expires_at else None,
         status=job.status.value, progress=job.progress, model=job.model, size=p["size"], seed=p["seed"],
         session_id=job.session_id, error=_error(job), plan=job.plan, upload=job.upload, webhook=job.webhook,
-        assets=links.views(job.kind, job.id, job.assets, base),
+        assets=links.views(job.kind, job.id, job.assets, base), job_type=p.get("job_type"), preset=p.get("preset"),
+        loras=p.get("loras") or [],
     )
     if job.kind == "batch":
         return ImageBatch(**common, prompts=p["prompts"])

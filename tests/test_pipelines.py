@@ -26,7 +26,7 @@ REAL = [
     "Wan2.1-VACE-1.3B", "Wan2.1-VACE-14B", "Wan2.2-T2V-A14B", "Wan2.2-I2V-A14B", "Wan2.2-TI2V-5B",
 ]
 TWIN_TASK = {"tiny-t2v": Task.T2V, "tiny-i2v": Task.I2V, "tiny-flf2v": Task.FLF2V, "tiny-vace": Task.VACE,
-             "tiny-ti2v": Task.T2V, "tiny-a14b": Task.T2V}
+             "tiny-ti2v": Task.T2V, "tiny-a14b": Task.T2V, "tiny-i2v-a14b": Task.FLF2V}
 
 
 @pytest.fixture(scope="module")

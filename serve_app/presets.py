@@ -1,0 +1,70 @@
+"""Job types and presets: a named trade-off of quality against time fills in what a request leaves out.
+
+A job type (`video_fast`, ...) names a preset of the model, through the model's or the app's `job_types`; a
+request may also name a preset directly. Layers, first wins: the request's own fields, the preset, the model's
+configured defaults, the catalog. The preset's name is written back into the fields, so the plan shows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, get_args
+
+from pipelines.request import InvalidRequest, LoraUse, check_loras
+from serve_app.config import AppConfig, JobType, ModelConfig, Sampling
+
+if TYPE_CHECKING:
+    from serve_app.router import Fields
+
+JOB_TYPES: tuple[JobType, ...] = get_args(JobType)
+
+
+def frames_for_job_type(fields: Fields) -> Fields:
+    """An image job type makes one frame, a video one more than one: settled before the task is inferred."""
+    job_type = fields.job_type
+    if job_type is None:
+        return fields
+    if job_type.endswith("_enhanced"):
+        plain = job_type.removesuffix("_enhanced")
+        raise InvalidRequest("job_type", f"{job_type} needs prompt enhancement, which this service does not offer "
+                                         f"yet; send {plain}", code="unsupported_job_type")
+    if job_type.startswith("image_"):
+        if fields.seconds is not None or fields.num_frames not in (None, 1):
+            raise InvalidRequest("job_type", f"{job_type} makes one image; drop num_frames and seconds, or send a "
+                                             "video job type")
+        return replace(fields, num_frames=1)
+    if fields.num_frames == 1:
+        raise InvalidRequest("job_type", f"{job_type} makes a video; num_frames 1 is an image job type's")
+    return fields
+
+
+def apply_preset(config: AppConfig, model: ModelConfig, fields: Fields) -> Fields:
+    """`fields` with the unset ones taken from the preset its job type or `preset` names, checked against `model`
+    (its adapters included)."""
+    if fields.job_type is not None and fields.preset is not None:
+        raise InvalidRequest("preset", "send job_type or preset, not both")
+    name = fields.preset
+    if fields.job_type is not None:
+        name = config.preset_name(model, fields.job_type)  # type: ignore[arg-type]  # checked by frames_for_job_type
+    if name is not None:
+        preset = model.all_presets.get(name)
+        if preset is None:
+            raise InvalidRequest("preset", f"{model.name} has no preset {name!r}; it has: "
+                                           f"{', '.join(model.all_presets)}", code="unknown_preset")
+        unset = {key: getattr(preset, key) for key in Sampling.model_fields
+                 if getattr(fields, key) is None and getattr(preset, key) is not None}
+        if fields.loras is None:
+            unset["loras"] = preset.loras
+        fields = replace(fields, **unset, preset=name)
+    check_loras(model.name, model.selectable, lora_uses(fields))
+    return fields
+
+
+def lora_uses(fields: Fields) -> tuple[LoraUse, ...]:
+    return tuple(LoraUse(c.name, c.scale) for c in fields.loras or ())
+
+
+def recorded(fields: Fields) -> dict[str, Any]:
+    """What the job records of its trade-off: the job type, the resolved preset, the adapters it runs with."""
+    return {"job_type": fields.job_type, "preset": fields.preset,
+            "loras": [c.model_dump() for c in fields.loras or ()]}
