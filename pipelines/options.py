@@ -55,7 +55,14 @@ CacheKind = Literal["first_block", "taylorseer"]
 
 
 class CacheOptions(_Options):
-    """A diffusers cache acceleration: reuse transformer block outputs across steps that change little."""
+    """A diffusers cache: reuse transformer block outputs across denoising steps that change little.
+
+    first_block (First Block Cache): runs the first block each step and skips the rest when its output moved less
+    than `threshold` (default 0.05; higher skips more). taylorseer (TaylorSeer): runs every block each
+    `cache_interval` steps (default 5) and predicts their outputs in between by a Taylor series, after
+    `disable_cache_before_step` (default 3) full steps. For many-step jobs; a 4-8-step distilled job has no step
+    to spare.
+    """
 
     kind: CacheKind
     options: dict[str, Any] = Field(default_factory=dict, description="fields of diffusers' config for `kind`, "
@@ -63,11 +70,19 @@ class CacheOptions(_Options):
 
 
 class SpeedOptions(_Options):
-    """diffusers' speed options for one model; every one is off by default."""
+    """diffusers' speed options for one model, each off by default (README: when to use each)."""
 
-    attention_backend: str | None = Field(None, description="diffusers attention backend, e.g. flash, "
-                                                            "_native_cudnn, sage")
-    compile: bool = Field(False, description="regional torch.compile of the transformer's repeated blocks")
+    attention_backend: str | None = Field(None, description="diffusers' attention backend: flash, _flash_3_hub, "
+                                          "sage, _native_cudnn, native, ...; it must be installed on the image")
+    compile: bool = Field(False, description="regional torch.compile of the transformer's repeated blocks: the first "
+                                             "job pays the compile, every later step is faster")
     cache: CacheOptions | None = None
-    vae_tiling: bool = Field(False, description="decode in tiles: less memory at large sizes")
+    vae_tiling: bool = Field(False, description="decode in tiles: less memory at 720p and for long videos")
     vae_slicing: bool = Field(False, description="decode a batch one item at a time")
+
+    @model_validator(mode="after")
+    def _combinable(self) -> SpeedOptions:
+        if self.compile and self.cache is not None:
+            raise ValueError("speed: compile and a cache do not combine (the cache's hooks decide per step, which "
+                             "breaks the compiled graph); choose one")
+        return self

@@ -130,6 +130,9 @@ class ModelConfig(_Strict):
         names = [spec.name for spec in self.loras]
         if len(set(names)) != len(names):
             raise ValueError(f"{self.name}: each adapter name may be used once; got {names}")
+        if self.speed.compile and self.selectable:
+            raise ValueError(f"{self.name}: speed.compile with selectable adapters would recompile for each new "
+                             "per-request scale, and fail past torch's recompile limit: fuse them or leave compile off")
         for spec in self.loras:
             if "transformer_2" in spec.scales and variant.boundary_ratio is None:
                 raise ValueError(f"{self.name} has one expert: adapter {spec.name!r} cannot load into transformer_2")

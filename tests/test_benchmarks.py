@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
     ("interpolation", "ours (DIS medium, default)"),
     ("stage_handoff", "same clip on both paths: yes"),
     ("serving_overhead", "same MP4 bytes from both paths: yes"),  # the service does exactly the direct work
+    ("gpu_step_time", "every configuration made the same frame shape: yes"),
 ])
 def test_benchmark_smoke(benchmark: str, says: str) -> None:
     run = subprocess.run([sys.executable, "-m", f"benchmarks.{benchmark}", "--smoke"], cwd=ROOT,

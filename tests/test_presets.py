@@ -147,6 +147,9 @@ def test_an_adapter_of_another_model_is_refused() -> None:
         ({"name": "tiny-t2v", "presets": {"p": {"guidance_scale_2": 1.0}}}, "one expert"),
         ({"name": "tiny-t2v", "job_types": {"video_fast": "missing"}}, "unknown preset"),
         ({"name": "tiny-t2v", "presets": {"p": {"scheduler": "ddim"}}}, "scheduler"),
+        ({"name": "tiny-t2v", "loras": [TINY_LORA], "speed": {"compile": True}}, "recompile"),
+        ({"name": "tiny-t2v", "speed": {"cache": {"kind": "mag"}}}, "cache"),
+        ({"name": "tiny-t2v", "speed": {"compile": True, "cache": {"kind": "first_block"}}}, "do not combine"),
     ],
 )
 def test_bad_adapter_and_preset_configs_fail_at_startup(model: dict[str, Any], message: str) -> None:
