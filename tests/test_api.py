@@ -375,8 +375,9 @@ def test_custom_metrics_on_the_prometheus_endpoint(client: httpx.Client) -> None
 
     steps = 120  # several seconds: Ray reports each second, so the gauge is seen while the job runs
     video = create(client, json={"prompt": "measured", "num_frames": 81, "num_inference_steps": steps})
+    # The gauge lags by up to Ray's 1 s report: by the time it shows, the job may have ended, so only the gauge
+    # is asserted here (the job's own status moving through in_progress is test_progress_rises_step_by_step's).
     scrape_until(lambda s: count(s, "ray_wan_jobs", status="in_progress") == 1, "the gauge of a running job")
-    assert client.get(f"/v1/videos/{video['id']}").json()["status"] == "in_progress"
     finished_mp4(client, video)
     want = {
         ("ray_wan_jobs_created_total", "kind", "video"): 1,

@@ -1,5 +1,6 @@
 """On a CUDA GPU only (the `gpu` marker; skipped with the reason elsewhere): a real-size architecture with
-random weights loaded through the real path at half a GPU, a 2-step job, the memory cap, and the offload modes.
+random weights loaded through the real path at half a GPU, a 2-step job, the memory cap, the offload modes (group
+offload too), and a selectable LoRA on the real-size transformer.
 
 Speed and memory do not depend on the weights' values, so random weights at the real sizes tell what a deploy
 will meet. Run with `.venv/bin/python -m pytest -m gpu -s` on a machine with a CUDA build of torch.
@@ -7,6 +8,7 @@ will meet. Run with `.venv/bin/python -m pytest -m gpu -s` on a machine with a C
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,8 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 from pipelines.generate import generate
 from pipelines.loading import load_model
-from pipelines.request import GenerationRequest
+from pipelines.options import LoraSpec
+from pipelines.request import GenerationRequest, LoraUse
 from pipelines.tiny import build_tokenizer
 from pipelines.variants import Task, get_variant
 
@@ -88,3 +91,21 @@ def test_full_offload_returns_every_model_after_a_cancel(real_size: Path) -> Non
         generate(model, request(steps=4), lambda done, total: done < 1)
     pipe = model.pipeline
     assert {m.device.type for m in (pipe.text_encoder, pipe.transformer, pipe.vae)} == {"cpu"}
+
+
+def test_group_offload_streams_blocks_and_uses_less_memory_than_resident(real_size: Path) -> None:
+    model = load_model(get_variant(MODEL), str(real_size), cpu_offload="group")
+    device = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.reset_peak_memory_stats(device)
+    frames = generate(model, request())
+    grouped = torch.cuda.max_memory_allocated(device)
+    assert frames.shape == (9, 480, 832, 3)
+    transformer_bytes = sum(p.numel() * p.element_size() for p in model.pipeline.transformer.parameters())
+    print(f"\ngroup offload: peak {grouped / 2**30:.1f} GiB; the transformer is {transformer_bytes / 2**30:.1f} GiB")
+    assert grouped < transformer_bytes + 8 * 2**30, "the transformer must not be resident as a whole"
+
+
+def test_a_selectable_adapter_runs_on_the_real_size_model(real_size: Path) -> None:
+    """Seeded random LoRA weights ("tiny" builds them from the model's own shapes) on every attention projection."""
+    model = load_model(get_variant(MODEL), str(real_size), loras=[LoraSpec(name="style", source="tiny")])
+    assert generate(model, replace(request(), loras=(LoraUse("style"),))).shape == (9, 480, 832, 3)
