@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -30,6 +31,8 @@ from deployments.assets import AssetLinks
 from deployments.jobstore import Idempotency, Job, JobStatus
 from deployments.plan import (
     Encode,
+    Enhance,
+    EnhanceParams,
     Extend,
     FlowInputs,
     Generate,
@@ -222,6 +225,8 @@ class FlowRunner:
             if not await self._tracker.stage.remote(job_id, stage.kind):
                 raise GenerationCancelled(f"cancelled before {stage.kind}")
             match stage:
+                case Enhance(params=p):
+                    inputs = await self._enhance(job_id, p, inputs)
                 case Generate(params=p):
                     generator = self._generators[p.model]
                     clips = [generator.generate.remote(job_id, r, segment=i) for i, r in enumerate(inputs.requests)]
@@ -243,6 +248,31 @@ class FlowRunner:
                 case Upload(params=p):
                     return await self._stages["upload"].upload.remote(p.prefix, *encoded)
         raise ValueError(f"plan for {job_id} has no upload stage")
+
+    async def _enhance(self, job_id: str, params: EnhanceParams, inputs: FlowInputs) -> FlowInputs:
+        """Each generation's prompt rewritten by the enhancer, recorded on the job; a timeout or an error goes on
+        with the prompts as sent and says so on the job: enhancement never fails a job."""
+        started = time.perf_counter()
+        prompts = [r.prompt for r in inputs.requests]
+        record: dict[str, Any] = {"source": "none"}
+        try:
+            answers = await asyncio.wait_for(asyncio.gather(*(
+                self._stages["enhance"].enhance.remote(r.prompt, params.kind, r.seed) for r in inputs.requests)),
+                params.timeout_s)
+            if all(text for text, _ in answers):
+                prompts = [text for text, _ in answers]
+                record = {"source": answers[0][1], "prompts": prompts}
+            else:
+                record["error"] = "the enhancer wrote nothing usable; the prompt as sent was used"
+        except TimeoutError:
+            record["error"] = f"the enhancer took longer than {params.timeout_s:g} s; the prompt as sent was used"
+        except Exception as exc:  # the enhancer's own failure is never the job's
+            record["error"] = f"the enhancer failed ({_reason(exc)}); the prompt as sent was used"
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        await self._tracker.annotate.remote(job_id, enhancement=record)
+        requests = [replace(r, prompt=text) for r, text in zip(inputs.requests, prompts, strict=True)]
+        extension = inputs.extension and replace(inputs.extension, prompt=prompts[0])
+        return replace(inputs, requests=requests, extension=extension)
 
     async def _settle_in_object_store(self, responses: list[DeploymentResponse]) -> None:
         """Wait until the stage's results exist, without fetching them here, and raise the stage's error if it has

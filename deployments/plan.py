@@ -26,6 +26,11 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class EnhanceParams(_Params):
+    kind: Literal["t2v", "i2v", "i2v_empty"] = Field(description="which system prompt the enhancer writes with")
+    timeout_s: float = Field(description="past this the job goes on with the prompt as sent, and says so")
+
+
 class GenerateParams(_Params):
     model: str
     task: str
@@ -82,6 +87,11 @@ class NotifyParams(_Params):
     url: str
 
 
+class Enhance(_Params):
+    kind: Literal["enhance"] = "enhance"
+    params: EnhanceParams
+
+
 class Generate(_Params):
     kind: Literal["generate"] = "generate"
     params: GenerateParams
@@ -112,7 +122,7 @@ class Notify(_Params):
     params: NotifyParams
 
 
-Stage = Annotated[Generate | Extend | Interpolate | Encode | Upload | Notify, Field(discriminator="kind")]
+Stage = Annotated[Enhance | Generate | Extend | Interpolate | Encode | Upload | Notify, Field(discriminator="kind")]
 
 
 class Plan(_Params):

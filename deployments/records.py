@@ -57,6 +57,7 @@ class Job:
     upload: dict[str, Any] | None = None  # the object-store upload: status, error
     webhook: dict[str, Any] | None = None  # the webhook delivery: delivered, attempts, status_code, error
     expires_at: float | None = None  # when retention will remove it (set as it ends); None: kept until deleted
+    enhancement: dict[str, Any] | None = None  # the prompt enhancer's answer: prompt, source, seconds, error
 
 
 @dataclass

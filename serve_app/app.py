@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from ray.serve import Application
 
 from deployments.encoder import VideoEncoder
+from deployments.enhancer import PromptEnhancer
 from deployments.extender import Extender
 from deployments.flow import FlowRunner
 from deployments.generator import WanGenerator
@@ -82,5 +83,8 @@ def build_app(args: dict[str, Any]) -> Application:
         "upload": uploader,
         "notify": notifier,
     }
+    if (e := config.enhancer) is not None:
+        stages["enhance"] = PromptEnhancer.options(num_replicas=e.num_replicas, ray_actor_options=e.ray_actor_options) \
+            .bind(e.model, e.max_new_tokens, config.limits.max_prompt_chars, e.device)
     flow = FlowRunner.options(**drain).bind(generators, stages, tracker, storage.s3, config.public_url)
     return Gateway.options(num_replicas=config.gateway_replicas).bind(config, tracker, flow, uploader, keys)

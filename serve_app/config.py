@@ -263,6 +263,18 @@ class RetentionConfig(_Strict):
     sweep_interval_s: float = Field(3600, gt=0)
 
 
+class EnhancerConfig(_Strict):
+    """The prompt enhancer (`enhance_prompt`, the *_enhanced job types): a causal LM with a chat template."""
+
+    model: str = Field("tiny", description='"tiny" (a random Qwen2 twin: noise), a local directory or a hub id of an '
+                                           "instruct model, e.g. Qwen/Qwen2.5-3B-Instruct")
+    max_new_tokens: int = Field(256, ge=16, le=1024)
+    timeout_s: float = Field(30.0, gt=0, description="past this a job goes on with its prompt as sent, and says so")
+    device: str | None = None
+    num_replicas: int = Field(1, ge=1)
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
+
+
 class AuthConfig(_Strict):
     """API keys (`Authorization: Bearer <key>`); with none configured the service runs open."""
 
@@ -288,6 +300,7 @@ class AppConfig(_Strict):
     limits: LimitsConfig = LimitsConfig()
     media_urls: MediaURLConfig = MediaURLConfig()
     retention: RetentionConfig = RetentionConfig()
+    enhancer: EnhancerConfig | None = Field(None, description="unset: no prompt enhancement (asking for it is a 400)")
     api_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json (without a key)")
     public_url: str = Field("", description="this service's external base URL, for asset links in webhooks")
     job_types: dict[JobType, str] = Field(default_factory=lambda: dict(DEFAULT_JOB_TYPES), description="the "

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from deployments.plan import (
     Encode,
     EncodeParams,
+    Enhance,
+    EnhanceParams,
     Extend,
     ExtendParams,
     FlowInputs,
@@ -37,10 +39,11 @@ if TYPE_CHECKING:
 
 
 def video_plan(variant: Variant, request: GenerationRequest, inputs: FlowInputs, frames: Frames,
-               extension: tuple[str, Method] | None, fps: int, out_fps: int, job_id: str, fields: Fields
-               ) -> tuple[Plan, int, int]:
+               extension: tuple[str, Method] | None, fps: int, out_fps: int, job_id: str, fields: Fields,
+               enhance: EnhanceParams | None = None) -> tuple[Plan, int, int]:
     """The plan of a video (or one-image) job, with the output's frame count and frame rate."""
-    stages: list[Stage] = [Generate(params=generate_params(variant, request, fields, num_frames=frames.window))]
+    stages: list[Stage] = [*enhance_stage(enhance),
+                           Generate(params=generate_params(variant, request, fields, num_frames=frames.window))]
     steps = request.num_inference_steps
     parts: list[Output] = []
     if extension is not None and inputs.extension is not None:
@@ -80,19 +83,25 @@ def generate_params(variant: Variant, request: GenerationRequest, fields: Fields
         preset=fields.preset, loras=fields.loras or [], **counts)
 
 
-def batch_plan(variant: Variant, requests: list[GenerationRequest], job_id: str, fields: Fields) -> Plan:
+def batch_plan(variant: Variant, requests: list[GenerationRequest], job_id: str, fields: Fields,
+               enhance: EnhanceParams | None = None) -> Plan:
     """One image per request, each a PNG, and one ZIP of them all."""
     first = requests[0]
     names = [f"image_{i:03d}" for i in range(len(requests))]
     outputs = [Output(name=n, clip=i, format="png") for i, n in enumerate(names)]
     outputs.append(Output(name="images", format="zip", members=names))
     stages: list[Stage] = [
+        *enhance_stage(enhance),
         Generate(params=generate_params(variant, first, fields, images=len(requests))),
         Encode(params=EncodeParams(outputs=outputs)),
         *final_stages(job_id, fields),
     ]
     return Plan(task=first.task.value, model=variant.name, total_steps=first.num_inference_steps * len(requests),
                 stages=stages)
+
+
+def enhance_stage(params: EnhanceParams | None) -> list[Stage]:
+    return [] if params is None else [Enhance(params=params)]
 
 
 def final_stages(job_id: str, fields: Fields) -> list[Stage]:

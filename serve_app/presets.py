@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, get_args
 
+from deployments.plan import EnhanceParams
 from pipelines.request import InvalidRequest, LoraUse, check_loras
+from pipelines.variants import Task
 from serve_app.config import AppConfig, JobType, ModelConfig, Sampling
 
 if TYPE_CHECKING:
@@ -19,15 +21,19 @@ if TYPE_CHECKING:
 JOB_TYPES: tuple[JobType, ...] = get_args(JobType)
 
 
-def frames_for_job_type(fields: Fields) -> Fields:
-    """An image job type makes one frame, a video one more than one: settled before the task is inferred."""
+def frames_for_job_type(config: AppConfig, fields: Fields) -> Fields:
+    """An image job type makes one frame, a video one more than one, and an *_enhanced one turns on prompt
+    enhancement: settled before the task is inferred."""
     job_type = fields.job_type
+    enhanced = fields.enhance_prompt or bool(job_type and job_type.endswith("_enhanced"))
+    if enhanced and config.enhancer is None:
+        param = "enhance_prompt" if fields.enhance_prompt else "job_type"
+        raise InvalidRequest(param, "prompt enhancement is not offered here: no prompt enhancer is configured"
+                             + (f"; send {job_type.removesuffix('_enhanced')}" if job_type else ""),
+                             code="unsupported_job_type" if param == "job_type" else "enhancer_unavailable")
+    fields = replace(fields, enhance_prompt=enhanced)
     if job_type is None:
         return fields
-    if job_type.endswith("_enhanced"):
-        plain = job_type.removesuffix("_enhanced")
-        raise InvalidRequest("job_type", f"{job_type} needs prompt enhancement, which this service does not offer "
-                                         f"yet; send {plain}", code="unsupported_job_type")
     if job_type.startswith("image_"):
         if fields.seconds is not None or fields.num_frames not in (None, 1):
             raise InvalidRequest("job_type", f"{job_type} makes one image; drop num_frames and seconds, or send a "
@@ -38,6 +44,13 @@ def frames_for_job_type(fields: Fields) -> Fields:
     return fields
 
 
+def enhancement(config: AppConfig, fields: Fields, task: Task) -> EnhanceParams | None:
+    """The enhance stage's parameters, when the request asked for one."""
+    if not fields.enhance_prompt or config.enhancer is None:
+        return None
+    return EnhanceParams(kind="i2v" if task in (Task.I2V, Task.FLF2V) else "t2v", timeout_s=config.enhancer.timeout_s)
+
+
 def apply_preset(config: AppConfig, model: ModelConfig, fields: Fields) -> Fields:
     """`fields` with the unset ones taken from the preset its job type or `preset` names, checked against `model`
     (its adapters included)."""
@@ -45,7 +58,8 @@ def apply_preset(config: AppConfig, model: ModelConfig, fields: Fields) -> Field
         raise InvalidRequest("preset", "send job_type or preset, not both")
     name = fields.preset
     if fields.job_type is not None:
-        name = config.preset_name(model, fields.job_type)  # type: ignore[arg-type]  # checked by frames_for_job_type
+        job_type = fields.job_type.removesuffix("_enhanced")
+        name = config.preset_name(model, job_type)  # type: ignore[arg-type]  # checked by frames_for_job_type
     if name is not None:
         preset = model.all_presets.get(name)
         if preset is None:

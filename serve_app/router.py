@@ -27,7 +27,7 @@ from pipelines.video import resample_frames
 from serve_app import planner
 from serve_app.config import AppConfig
 from serve_app.limits import check_batch, check_cost, check_inputs
-from serve_app.presets import apply_preset, frames_for_job_type, lora_uses, recorded
+from serve_app.presets import apply_preset, enhancement, frames_for_job_type, lora_uses, recorded
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
@@ -80,6 +80,7 @@ class Fields:
     preset: str | None = None  # the one resolved, once presets are applied
     scheduler: Scheduler | None = None
     loras: list[LoraChoice] | None = None  # None: the preset's; []: none
+    enhance_prompt: bool = False
 
 
 @dataclass
@@ -330,7 +331,7 @@ def new_seed(fields: Fields) -> int:
 def route(config: AppConfig, fields: Fields, media: Media, job_id: str) -> Routed:
     """A video (or single image) job, in diffusers' order: classify, resolve, check, plan."""
     # 1. classify: the task, the model, and where the images go; then the preset its job type names
-    fields = frames_for_job_type(fields)
+    fields = frames_for_job_type(config, fields)
     first, last = place_references(fields, media)
     variant, task = choose_variant(config, fields, media, first, last)
     fields = apply_preset(config, config.model(variant.name), fields)
@@ -360,7 +361,8 @@ def route(config: AppConfig, fields: Fields, media: Media, job_id: str) -> Route
     # 4. plan
     fps = fields.fps or variant.fps
     plan, out_frames, out_fps = planner.video_plan(
-        variant, request, inputs, frames, extension, fps, planner.interpolation_target(fields, fps), job_id, fields)
+        variant, request, inputs, frames, extension, fps, planner.interpolation_target(fields, fps), job_id, fields,
+        enhancement(config, fields, task))
     check_cost(config.limits, fields, frames, out_frames, width, height)
     params = {"size": f"{width}x{height}", "num_frames": out_frames, "fps": out_fps, "seed": request.seed,
               "seconds": f"{max(out_frames - 1, 0) / out_fps:g}", "num_inference_steps": request.num_inference_steps,
@@ -373,7 +375,7 @@ def route_batch(config: AppConfig, fields: Fields, prompts: list[str], job_id: s
     """Text-to-image for each prompt as one job: image i uses seed + i; a PNG each and one ZIP of them all."""
     # 1. classify
     check_batch(config.limits, prompts, fields.negative_prompt)
-    fields = frames_for_job_type(replace(fields, task=Task.T2I, num_frames=1))
+    fields = frames_for_job_type(config, replace(fields, task=Task.T2I, num_frames=1))
     variant, task = choose_variant(config, fields, Media(), None, None)
     fields = apply_preset(config, config.model(variant.name), fields)
     # 2. resolve
@@ -389,7 +391,7 @@ def route_batch(config: AppConfig, fields: Fields, prompts: list[str], job_id: s
             param = f"prompts[{i}]" if exc.param == "prompt" else exc.param
             raise InvalidRequest(param, exc.message, exc.code) from exc
     # 4. plan
-    plan = planner.batch_plan(variant, requests, job_id, fields)
+    plan = planner.batch_plan(variant, requests, job_id, fields, enhancement(config, fields, task))
     params = {"size": f"{width}x{height}", "seed": seed, "prompts": prompts,
               "num_inference_steps": requests[0].num_inference_steps, **recorded(fields)}
     return Routed(variant=variant, plan=plan, inputs=FlowInputs(requests=requests), params=params)

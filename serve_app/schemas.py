@@ -54,6 +54,8 @@ class _Tuning(_Body):
     scheduler: Scheduler | None = None
     loras: Loras | None = Field(None, description="selectable adapters for this job, each {name, scale}; in "
                                                   'multipart a JSON string. [] runs none, even where a preset has some')
+    enhance_prompt: bool = Field(False, description="rewrite the prompt with the prompt enhancer first (as the "
+                                                    "*_enhanced job types do); the job keeps both")
 
 
 class _Tuned(BaseModel):
@@ -62,6 +64,10 @@ class _Tuned(BaseModel):
     job_type: str | None = None
     preset: str | None = None
     loras: list[LoraChoice] = Field(default_factory=list, description="the selectable adapters it ran with")
+    enhanced_prompt: str | None = Field(None, description="what the enhancer wrote, which the model was given")
+    enhancement_source: str = Field("none", description="the enhancer's model, or none")
+    enhancement_seconds: float | None = None
+    enhancement_error: str | None = Field(None, description="why the prompt as sent was used after all")
 
 
 class VideoCreateRequest(_Tuning):

@@ -18,13 +18,16 @@ def job_view(job: Job, links: AssetLinks, base: str) -> Video | ImageBatch:
     """A job as its wire object: an image batch, or a video (a one-frame one for an image); asset URLs under
     `base` until they are in the bucket."""
     p = job.params
+    enhanced = job.enhancement or {}
     common: dict[str, Any] = dict(
         id=job.id, created_at=int(job.created_at), completed_at=int(job.completed_at) if job.completed_at else None,
         expires_at=int(job.expires_at) if job.expires_at else None,
         status=job.status.value, progress=job.progress, model=job.model, size=p["size"], seed=p["seed"],
         session_id=job.session_id, error=_error(job), plan=job.plan, upload=job.upload, webhook=job.webhook,
         assets=links.views(job.kind, job.id, job.assets, base), job_type=p.get("job_type"), preset=p.get("preset"),
-        loras=p.get("loras") or [],
+        loras=p.get("loras") or [], enhanced_prompt=(enhanced.get("prompts") or [None])[0],
+        enhancement_source=enhanced.get("source", "none"), enhancement_seconds=enhanced.get("seconds"),
+        enhancement_error=enhanced.get("error"),
     )
     if job.kind == "batch":
         return ImageBatch(**common, prompts=p["prompts"])
