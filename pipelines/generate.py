@@ -64,6 +64,12 @@ def pipeline_kwargs(req: GenerationRequest) -> dict[str, Any]:
                 kwargs["mask"] = [_pil(m, "L") for m in mask]
             if req.reference_images:
                 kwargs["reference_images"] = [_pil(r) for r in req.reference_images]
+        case Task.ANIMATE:  # one segment as long as the output, so the step callback counts the job's steps
+            kwargs |= dict(image=_pil(req.image), pose_video=[_pil(f) for f in req.pose_video],
+                           face_video=[_pil(f) for f in req.face_video], segment_frame_length=req.num_frames)
+            if req.video is not None:
+                kwargs |= dict(mode="replace", background_video=[_pil(f) for f in req.video],
+                               mask_video=[_pil(m, "L") for m in req.mask])
     return kwargs
 
 

@@ -74,6 +74,8 @@ class GenerationRequest:
     video: np.ndarray | None = None
     mask: np.ndarray | None = None
     reference_images: list[np.ndarray] = field(default_factory=list)
+    pose_video: np.ndarray | None = None  # Animate: the driving skeleton, FxHxWx3, one frame per output frame
+    face_video: np.ndarray | None = None  # Animate: the driving face crops, FxSxSx3
     scheduler: Scheduler = "unipc"
     loras: tuple[LoraUse, ...] = ()
 
@@ -129,6 +131,31 @@ def check_request(variant: Variant, req: GenerationRequest) -> None:
     if not 0.0 < req.denoise_strength <= 1.0:
         raise InvalidRequest("denoise_strength", "denoise_strength must be within (0, 1]")
     _check_inputs(req)
+    _check_animate(req)
+
+
+def _check_animate(req: GenerationRequest) -> None:
+    """Animate: a character image, pose and face videos of the output's length, and for `replace` a background
+    video with its mask; no other task takes pose or face videos."""
+    if req.task is not Task.ANIMATE:
+        for param in ("pose_video", "face_video"):
+            if getattr(req, param) is not None:
+                raise InvalidRequest(param, f"{param} is for character animation (task animate)")
+        return
+    if req.image is None:
+        raise InvalidRequest("input_reference", "animate needs the character's image in input_reference")
+    if req.num_frames < 5:
+        raise InvalidRequest("num_frames", "animate makes at least 5 frames")
+    for param in ("pose_video", "face_video"):
+        video = getattr(req, param)
+        if video is None:
+            raise InvalidRequest(param, f"animate needs {param} (pre-processed from a driving video: a pose "
+                                        "skeleton rendering and face crops)", code="missing_input")
+        if len(video) != req.num_frames:
+            raise InvalidRequest(param, f"{param} has {len(video)} frames; {req.num_frames} are made")
+    if (req.video is None) != (req.mask is None):
+        raise InvalidRequest("mask" if req.mask is None else "video", "replacing a character takes the background "
+                                                                      "video and its mask together")
 
 
 def check_loras(model: str, adapters: Mapping[str, LoraSpec], uses: Sequence[LoraUse]) -> None:
@@ -149,7 +176,7 @@ def check_loras(model: str, adapters: Mapping[str, LoraSpec], uses: Sequence[Lor
 
 
 def _check_inputs(req: GenerationRequest) -> None:
-    takes_image = req.task in (Task.I2V, Task.FLF2V, Task.VACE)
+    takes_image = req.task in (Task.I2V, Task.FLF2V, Task.VACE, Task.ANIMATE)
     if req.task in (Task.I2V, Task.FLF2V) and req.image is None:
         raise InvalidRequest("input_reference", f"{req.task.value} needs a first frame in input_reference")
     if not takes_image and req.image is not None:
@@ -163,6 +190,8 @@ def _check_inputs(req: GenerationRequest) -> None:
             raise InvalidRequest("video", "VACE needs a source video or a keyframe (input_reference, last_image)")
         if req.video is not None and (req.image is not None or req.last_image is not None):
             raise InvalidRequest("input_reference", "send keyframes or a source video, not both")
+    if req.task is Task.ANIMATE:
+        return  # its video and mask are a replacement's background: _check_animate
     if req.task is Task.V2V and req.video is None:
         raise InvalidRequest("video", "video-to-video needs a source video")
     if req.video is not None:

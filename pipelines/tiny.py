@@ -13,6 +13,8 @@ from diffusers import (
     AutoencoderKLWan,
     DiffusionPipeline,
     UniPCMultistepScheduler,
+    WanAnimatePipeline,
+    WanAnimateTransformer3DModel,
     WanImageToVideoPipeline,
     WanPipeline,
     WanTransformer3DModel,
@@ -72,7 +74,7 @@ def _vae(family: Family) -> AutoencoderKLWan:
     )
 
 
-def _transformer(family: Family) -> WanTransformer3DModel:
+def _transformer(family: Family) -> WanTransformer3DModel | WanAnimateTransformer3DModel:
     common = dict(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, text_dim=TEXT_DIM, freq_dim=256,
         ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
@@ -84,6 +86,13 @@ def _transformer(family: Family) -> WanTransformer3DModel:
             )
         case Family.TI2V:
             return WanTransformer3DModel(in_channels=48, out_channels=48, **common)
+        case Family.ANIMATE:  # I2V's inputs, plus a motion encoder over 16 px face crops and a face adapter
+            return WanAnimateTransformer3DModel(
+                in_channels=36, latent_channels=16, out_channels=16, image_dim=CLIP_DIM,
+                motion_encoder_channel_sizes={"4": 8, "8": 8, "16": 8}, motion_encoder_size=16, motion_style_dim=8,
+                motion_dim=4, motion_encoder_dim=24, face_encoder_hidden_dim=16, face_encoder_num_heads=2,
+                inject_face_latents_blocks=1, motion_encoder_batch_size=4, **common,
+            )
         case Family.I2V_A14B:  # noise + mask + image latents; no CLIP image tokens
             return WanTransformer3DModel(in_channels=36, out_channels=16, **common)
         case Family.I2V:  # noise + mask + image latents, and CLIP image tokens in cross-attention
@@ -126,6 +135,9 @@ def build_tiny_pipeline(family: Family, seed: int = 0) -> DiffusionPipeline:
             pipe = WanPipeline(**parts, expand_timesteps=True)
         case Family.A14B:
             pipe = WanPipeline(**parts, transformer_2=_transformer(family), boundary_ratio=0.875)
+        case Family.ANIMATE:
+            image_encoder, image_processor = _image_encoder()
+            pipe = WanAnimatePipeline(**parts, image_encoder=image_encoder, image_processor=image_processor)
         case Family.I2V_A14B:
             pipe = WanImageToVideoPipeline(**parts, transformer_2=_transformer(family), boundary_ratio=0.9)
         case _:

@@ -21,6 +21,7 @@ class Task(StrEnum):
     FLF2V = "flf2v"  # first + last frame -> video
     V2V = "v2v"  # video -> restyled video (SDEdit)
     VACE = "vace"  # video + mask (+ reference images) -> edited video
+    ANIMATE = "animate"  # a character image + pose and face videos (+ background and mask: replace) -> video
 
 
 class Family(StrEnum):
@@ -33,6 +34,7 @@ class Family(StrEnum):
     TI2V = "ti2v"
     A14B = "a14b"
     I2V_A14B = "i2v_a14b"  # Wan 2.2's two-expert image-to-video: no CLIP, first and/or last frame in the latents
+    ANIMATE = "animate"  # Wan 2.2 Animate: motion and face encoders on an I2V-style transformer
 
 
 RESOLUTIONS_480 = {"480p": (832, 480), "480p-portrait": (480, 832)}
@@ -76,6 +78,7 @@ class Variant:
     scheduler: Scheduler = "unipc"
     boundary_ratio: float | None = None
     tiny: bool = False
+    face_size: int = 512  # Animate: the side of the face video's square crops its motion encoder reads
     description: str = ""
     frame_multiple: int = field(default=4, repr=False)
 
@@ -142,6 +145,9 @@ CATALOG: dict[str, Variant] = _catalog(
             RESOLUTIONS_480 | RESOLUTIONS_720, "720p", steps=40, guidance_scale=3.5, guidance_scale_2=3.5,
             flow_shift=5.0, boundary_ratio=0.9,
             description="Wan 2.2 image-to-video and first-last-frame, two 14B experts (MoE)"),
+    Variant("Wan2.2-Animate-14B", Family.ANIMATE, "Wan-AI/Wan2.2-Animate-14B-Diffusers", (Task.ANIMATE,), 30,
+            RESOLUTIONS_480 | RESOLUTIONS_720, "720p", max_frames=77, default_frames=77, steps=20, guidance_scale=1.0,
+            flow_shift=5.0, description="Wan 2.2 character animation and replacement from pose and face videos, 14B"),
     Variant("Wan2.2-TI2V-5B", Family.TI2V, "Wan-AI/Wan2.2-TI2V-5B-Diffusers", _TI2V, 24,
             {"704p": (1280, 704), "704p-portrait": (704, 1280)}, "704p", size_multiple=32,
             max_frames=121, default_frames=121, guidance_scale=5.0, flow_shift=5.0,
@@ -161,6 +167,9 @@ CATALOG: dict[str, Variant] = _catalog(
     Variant("tiny-a14b", Family.A14B, None, (Task.T2V, Task.T2I), 16, RESOLUTIONS_TINY, "tiny", steps=4,
             guidance_scale=4.0, guidance_scale_2=3.0, boundary_ratio=0.875, tiny=True,
             description="Tiny twin of Wan2.2-T2V-A14B (random weights: noise, not pictures)"),
+    Variant("tiny-animate", Family.ANIMATE, None, (Task.ANIMATE,), 30, RESOLUTIONS_TINY, "tiny", max_frames=77,
+            default_frames=77, steps=4, guidance_scale=1.0, flow_shift=5.0, face_size=16, tiny=True,
+            description="Tiny twin of Wan2.2-Animate-14B (random weights: noise, not pictures)"),
     Variant("tiny-i2v-a14b", Family.I2V_A14B, None, (Task.I2V, Task.FLF2V), 16, RESOLUTIONS_TINY, "tiny", steps=4,
             guidance_scale=3.5, guidance_scale_2=3.5, flow_shift=5.0, boundary_ratio=0.9, tiny=True,
             description="Tiny twin of Wan2.2-I2V-A14B (random weights: noise, not pictures)"),

@@ -28,7 +28,7 @@ from serve_app.errors import APIError
 from serve_app.limits import media_bounds
 from serve_app.router import Media
 
-MEDIA_FIELDS = ("input_reference", "last_image", "video", "mask", "reference_image")
+MEDIA_FIELDS = ("input_reference", "last_image", "video", "mask", "reference_image", "pose_video", "face_video")
 URL_SCHEMES = ("https://", "http://")
 
 
@@ -64,7 +64,7 @@ def data_url_bytes(value: str, param: str) -> bytes:
 
 
 def decode_media(raw: dict[str, bytes], bounds: MediaBounds) -> Media:
-    """Decode whichever of input_reference, last_image, reference_image, video and mask were sent."""
+    """Decode whichever of the media fields were sent."""
     media = Media()
     for param, data in raw.items():
         try:
@@ -80,6 +80,10 @@ def decode_media(raw: dict[str, bytes], bounds: MediaBounds) -> Media:
                     media.video_file = data
                 case "mask":
                     media.mask, media.mask_fps = decode_video(data, bounds)
+                case "pose_video":
+                    media.pose_video, media.pose_fps = decode_video(data, bounds)
+                case "face_video":
+                    media.face_video, media.face_fps = decode_video(data, bounds)
         except MediaError as exc:
             raise APIError(422, f"{param}: {exc}", param=param, code="invalid_media") from exc
     return media

@@ -35,7 +35,7 @@ from pipelines.request import GenerationRequest, InvalidRequest
 from pipelines.variants import Task, Variant
 
 if TYPE_CHECKING:
-    from serve_app.router import Fields, Frames
+    from serve_app.fields import Fields, Frames
 
 
 def video_plan(variant: Variant, request: GenerationRequest, inputs: FlowInputs, frames: Frames,

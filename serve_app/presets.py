@@ -16,7 +16,7 @@ from pipelines.variants import Task
 from serve_app.config import AppConfig, JobType, ModelConfig, Sampling
 
 if TYPE_CHECKING:
-    from serve_app.router import Fields
+    from serve_app.fields import Fields
 
 JOB_TYPES: tuple[JobType, ...] = get_args(JobType)
 

@@ -12,93 +12,24 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
-from deployments.plan import FlowInputs, Plan
-from pipelines.conditioning import ResizePolicy, binary_mask, fit_clip, fit_image, grid_ceil, pad_frames, size_for_image
+from deployments.plan import FlowInputs
+from pipelines.conditioning import binary_mask, fit_clip, fit_image, grid_ceil, pad_frames, size_for_image
 from pipelines.extend import Method, check_overlap, extended_length, extensions_to_cover
-from pipelines.options import LoraChoice, Scheduler
 from pipelines.request import GenerationRequest, InvalidRequest, check_frames, check_loras, check_request, check_size
 from pipelines.variants import Family, Task, Variant
 from pipelines.video import resample_frames
 from serve_app import planner
+from serve_app.animate import animate_inputs
 from serve_app.config import AppConfig
+from serve_app.fields import Fields, Frames, Media, Routed
 from serve_app.limits import check_batch, check_cost, check_inputs
 from serve_app.presets import apply_preset, enhancement, frames_for_job_type, lora_uses, recorded
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
-
-
-@dataclass
-class Media:
-    """Decoded inputs: images HxWx3 uint8; the video and mask video FxHxWx3 uint8 with their frame rates;
-    the source video's file, whose audio the combined output carries."""
-
-    image: np.ndarray | None = None
-    last_image: np.ndarray | None = None
-    reference_image: np.ndarray | None = None
-    video: np.ndarray | None = None
-    video_fps: float = 16.0
-    video_file: bytes | None = None
-    mask: np.ndarray | None = None
-    mask_fps: float = 16.0
-
-
-@dataclass
-class Fields:
-    """The generation fields of the videos, images and batch endpoints."""
-
-    prompt: str
-    model: str | None = None
-    task: Task | None = None
-    size: str | None = None
-    seconds: float | None = None
-    num_frames: int | None = None
-    fps: int | None = None
-    negative_prompt: str | None = None  # None: the model's default; "": none
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    guidance_scale_2: float | None = None
-    flow_shift: float | None = None
-    seed: int | None = None
-    reference_mode: str | None = None
-    denoise_strength: float | None = None
-    reference_strength: float | None = None
-    invert_mask: bool = False
-    edit_mode: str = "inpaint"
-    resize_policy: ResizePolicy = "center_crop"
-    extensions: int | None = None
-    overlap_frames: int | None = None
-    target_fps: int | None = None
-    interpolation_factor: int | None = None
-    session_id: str | None = None
-    webhook_url: str | None = None
-    job_type: str | None = None
-    preset: str | None = None  # the one resolved, once presets are applied
-    scheduler: Scheduler | None = None
-    loras: list[LoraChoice] | None = None  # None: the preset's; []: none
-    enhance_prompt: bool = False
-
-
-@dataclass
-class Routed:
-    variant: Variant
-    plan: Plan
-    inputs: FlowInputs
-    params: dict[str, Any] = field(default_factory=dict)  # what the client sees on the job
-
-
-@dataclass(frozen=True)
-class Frames:
-    """A video job's length: `window`-frame generations, `extensions` after the first, `length` kept."""
-
-    window: int
-    extensions: int
-    overlap: int
-    length: int
 
 
 # --- 1. classify ----------------------------------------------------------------------------------
@@ -125,6 +56,8 @@ def infer_task(fields: Fields, media: Media, first: np.ndarray | None, last: np.
                variant: Variant | None) -> Task:
     if fields.task is not None:
         return fields.task
+    if media.pose_video is not None or media.face_video is not None:
+        return Task.ANIMATE
     if media.video is not None:
         vace = (media.mask is not None or media.reference_image is not None or fields.edit_mode == "outpaint"
                 or (variant is not None and variant.family is Family.VACE))
@@ -174,6 +107,8 @@ def _missing_input(variant: Variant) -> str | None:
         return "input_reference"
     if all(t in (Task.V2V, Task.VACE) for t in variant.tasks):
         return "video"
+    if variant.tasks == (Task.ANIMATE,):
+        return "pose_video"
     return None
 
 
@@ -342,9 +277,15 @@ def route(config: AppConfig, fields: Fields, media: Media, job_id: str) -> Route
                               for i in (first, last, media.reference_image))
     check_inputs(config.limits, variant, fields, media)
     source, source_mask = fitted_source(variant, fields, media, width, height)
-    frames = video_frames(config, variant, task, fields, source)
+    drive: dict[str, np.ndarray] = {}  # Animate's pose and face videos
+    if task is Task.ANIMATE:
+        frames, drive = animate_inputs(variant, fields, media, width, height, requested_frames(variant, fields),
+                                       config.extend.overlap_frames)
+    else:
+        frames = video_frames(config, variant, task, fields, source)
     request = generation_request(variant, task, fields, width, height, frames.window, new_seed(fields))
-    request = replace(request, image=first, last_image=last, reference_images=[] if reference is None else [reference])
+    request = replace(request, image=first, last_image=last, reference_images=[] if reference is None else [reference],
+                      **drive)
     if source is not None:
         request = replace(request, video=pad_frames(source, frames.window),
                           mask=None if source_mask is None else pad_frames(source_mask, frames.window))

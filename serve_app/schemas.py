@@ -94,6 +94,8 @@ class VideoCreateRequest(_Tuning):
     video: str | None = None
     mask: str | None = None
     reference_image: str | None = Field(None, description="VACE: a subject or style to keep")
+    pose_video: str | None = Field(None, description="Animate: the driving pose, rendered as a skeleton video")
+    face_video: str | None = Field(None, description="Animate: the driving face, as square face crops")
     reference_mode: ReferenceMode | None = Field(
         None, description="where the image(s) go: none; single or start (first frame); end (last frame); both")
     denoise_strength: float | None = Field(None, gt=0, le=1, description="video-to-video: how much to change")

@@ -25,7 +25,7 @@ def test_embedded_default_serves_every_tiny_family_on_cpu() -> None:
     app = yaml.safe_load(Path("configs/serve.yaml").read_text())["applications"][0]
     config = load_config(app["args"])
     assert {m.name for m in config.models} == {"tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v",
-                                               "tiny-a14b", "tiny-i2v-a14b"}
+                                               "tiny-a14b", "tiny-i2v-a14b", "tiny-animate"}
     assert all(m.ray_actor_options.get("num_gpus", 0) == 0 for m in config.models)
 
 
