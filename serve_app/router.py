@@ -308,7 +308,8 @@ def route(config: AppConfig, fields: Fields, media: Media, job_id: str) -> Route
     params = {"size": f"{width}x{height}", "num_frames": out_frames, "fps": out_fps, "seed": request.seed,
               "seconds": f"{max(out_frames - 1, 0) / out_fps:g}", "num_inference_steps": request.num_inference_steps,
               "resize_policy": fields.resize_policy if any(i is not None for i in (first, last, reference)) else None,
-              **recorded(fields)}
+              "reference_mode": fields.reference_mode, "negative_prompt_used": bool(request.negative_prompt),
+              "denoise_strength": request.denoise_strength if task is Task.V2V else None, **recorded(fields)}
     return Routed(variant=variant, plan=plan, inputs=inputs, params=params)
 
 
@@ -334,5 +335,6 @@ def route_batch(config: AppConfig, fields: Fields, prompts: list[str], job_id: s
     # 4. plan
     plan = planner.batch_plan(variant, requests, job_id, fields, enhancement(config, fields, task))
     params = {"size": f"{width}x{height}", "seed": seed, "prompts": prompts,
-              "num_inference_steps": requests[0].num_inference_steps, **recorded(fields)}
+              "num_inference_steps": requests[0].num_inference_steps,
+              "negative_prompt_used": bool(requests[0].negative_prompt), **recorded(fields)}
     return Routed(variant=variant, plan=plan, inputs=FlowInputs(requests=requests), params=params)

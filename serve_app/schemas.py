@@ -68,6 +68,8 @@ class _Tuned(BaseModel):
     enhancement_source: str = Field("none", description="the enhancer's model, or none")
     enhancement_seconds: float | None = None
     enhancement_error: str | None = Field(None, description="why the prompt as sent was used after all")
+    reference_mode: str | None = Field(None, description="where the images went, as the request said")
+    processing_time: float | None = Field(None, description="seconds from the first denoising step to the end")
 
 
 class VideoCreateRequest(_Tuning):
@@ -136,6 +138,12 @@ class Asset(BaseModel):
     duration: float | None
     format: str
     file_size_bytes: int
+    # what made it (S2's callback metadata), the same on every asset of a job
+    asset_index: int = Field(0, description="its position in the job's assets")
+    task: str | None = Field(None, description="the pipeline task that made it: t2v, i2v, vace, animate, ...")
+    resize_policy: str | None = Field(None, description="how the input images were fitted; none without images")
+    negative_prompt_used: bool = False
+    denoise_strength: float | None = Field(None, description="video-to-video only")
 
 
 class UploadStatus(BaseModel):

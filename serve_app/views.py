@@ -18,16 +18,20 @@ def job_view(job: Job, links: AssetLinks, base: str) -> Video | ImageBatch:
     """A job as its wire object: an image batch, or a video (a one-frame one for an image); asset URLs under
     `base` until they are in the bucket."""
     p = job.params
+    made = dict(task=job.task, resize_policy=p.get("resize_policy"), denoise_strength=p.get("denoise_strength"),
+                negative_prompt_used=p.get("negative_prompt_used", False))  # on every asset, as S2's callbacks
     enhanced = job.enhancement or {}
     common: dict[str, Any] = dict(
         id=job.id, created_at=int(job.created_at), completed_at=int(job.completed_at) if job.completed_at else None,
         expires_at=int(job.expires_at) if job.expires_at else None,
         status=job.status.value, progress=job.progress, model=job.model, size=p["size"], seed=p["seed"],
         session_id=job.session_id, error=_error(job), plan=job.plan, upload=job.upload, webhook=job.webhook,
-        assets=links.views(job.kind, job.id, job.assets, base), job_type=p.get("job_type"), preset=p.get("preset"),
-        loras=p.get("loras") or [], enhanced_prompt=(enhanced.get("prompts") or [None])[0],
-        enhancement_source=enhanced.get("source", "none"), enhancement_seconds=enhanced.get("seconds"),
-        enhancement_error=enhanced.get("error"),
+        assets=[a | made | {"asset_index": i} for i, a in enumerate(links.views(job.kind, job.id, job.assets, base))],
+        job_type=p.get("job_type"), preset=p.get("preset"), loras=p.get("loras") or [],
+        enhanced_prompt=(enhanced.get("prompts") or [None])[0], enhancement_source=enhanced.get("source", "none"),
+        enhancement_seconds=enhanced.get("seconds"), enhancement_error=enhanced.get("error"),
+        reference_mode=p.get("reference_mode"),
+        processing_time=round(job.completed_at - job.started_at, 3) if job.completed_at and job.started_at else None,
     )
     if job.kind == "batch":
         return ImageBatch(**common, prompts=p["prompts"])

@@ -95,3 +95,6 @@ def test_an_animation_over_http_is_an_mp4_of_the_driving_length_at_30_fps(animat
     frames, fps, codec = probe(animate_app.get(f"/v1/videos/{video['id']}/content").content)
     assert frames.shape == (13, 32, 64, 3) and fps == 30 and codec == "h264"
     assert video["step"] == video["total_steps"] == 4
+    assert video["processing_time"] > 0 and video["reference_mode"] is None
+    assert [(a["asset_index"], a["task"], a["negative_prompt_used"]) for a in video["assets"]] == \
+        [(0, "animate", True), (1, "animate", True)]  # the video and its thumbnail

@@ -284,5 +284,9 @@ def test_the_webhook_event_carries_the_same_view_as_the_api(world: Any) -> None:
         job = w.tracker.jobs["video_1"]
         assert event["type"] == "video.completed" and event["id"] == "evt_video_1_completed"
         assert event["data"] == job_view(job, AssetLinks(), "").model_dump()
+        [asset] = event["data"]["assets"]  # S2's metadata rides on the event as on the API's object
+        assert {k: asset[k] for k in ("asset_index", "task", "negative_prompt_used", "denoise_strength")} == \
+            {"asset_index": 0, "task": "t2v", "negative_prompt_used": True, "denoise_strength": None}
+        assert event["data"]["enhancement_source"] == "none" and "processing_time" in event["data"]
 
     run(main())
