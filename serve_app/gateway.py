@@ -22,10 +22,11 @@ from ray.serve.handle import DeploymentHandle
 from deployments.assets import AssetLinks
 from deployments.jobstore import Idempotency, Job, JobStatus, KeyReused, Session, Upload
 from deployments.plan import Submission
-from pipelines.variants import CATALOG, Task
+from pipelines.variants import Task
 from serve_app import errors, openapi
 from serve_app.auth import Caller, Keys, authorize, caller_of
 from serve_app.body import BodyLimit, read_body, read_upload, validated
+from serve_app.cards import model_card
 from serve_app.config import AppConfig, generator_name
 from serve_app.content import asset_response
 from serve_app.errors import APIError
@@ -33,10 +34,9 @@ from serve_app.idempotency import KeyHeader, idempotency
 from serve_app.limits import check_metadata, media_bounds
 from serve_app.media import MEDIA_FIELDS, MediaResolver, check_webhook, normalize_upload
 from serve_app.openapi import UPLOAD_BODY, remove_docs, video_body
-from serve_app.presets import JOB_TYPES
+from serve_app.query import answer_query, unavailable_models
 from serve_app.router import Fields, Media, Routed, route, route_batch
 from serve_app.schemas import (
-    AdapterCard,
     BatchDeleted,
     ImageBatch,
     ImageBatchRequest,
@@ -44,10 +44,11 @@ from serve_app.schemas import (
     ImageDeleted,
     ImageGenerationRequest,
     ImagesResponse,
-    ModelCard,
     ModelList,
     Queue,
     QueueEntry,
+    RouteAnswer,
+    RouteRequest,
     SessionCreateRequest,
     SessionDeleted,
     SessionUpload,
@@ -368,22 +369,25 @@ class Gateway:
     @api.get("/v1/models", response_model=ModelList)
     async def list_models(self) -> ModelList:
         generators = await self._generators()
-        cards = []
-        for m in self._config.models:
-            v = CATALOG[m.name]
-            d = generators[m.name]
-            cards.append(ModelCard(
-                id=v.name, created=0, description=v.description, tasks=[t.value for t in v.tasks],
-                default_for=[t.value for t in v.tasks if self._config.default_model(t) == v.name],
-                fps=v.fps, sizes={k: f"{w}x{h}" for k, (w, h) in v.sizes.items()}, max_frames=v.max_frames,
-                gpus=m.num_gpus, gpu_memory_fraction=m.memory_fraction,
-                replicas={"status": d.status.value if d else "UNKNOWN", "states": _replicas(d),
-                          "message": d.message if d else ""},
-                adapters=[AdapterCard(name=a.name, fused=a.fuse, scales=a.scales) for a in m.loras],
-                presets={name: p.model_dump(exclude_none=True) for name, p in m.all_presets.items()},
-                job_types={t: self._config.preset_name(m, t) for t in JOB_TYPES},
-            ))
-        return ModelList(data=cards)
+        return ModelList(data=[model_card(self._config, m, generators[m.name], _replicas(generators[m.name]))
+                               for m in self._config.models])
+
+    @api.post("/v1/route", response_model=RouteAnswer, openapi_extra=video_body(MEDIA_FIELDS, RouteRequest))
+    async def route_query(self, request: Request) -> RouteAnswer:
+        """A query in words (and optional media, preferences) classified and routed; with `create`, the job too."""
+        fields, raw = await read_body(request, self._config.limits)
+        body = validated(RouteRequest, fields)
+        await check_webhook(body.webhook_url, self._config.webhooks.private_allowed())
+        await self._check_session(request, body.session_id)
+        media = await self._media.resolve(body, raw, body.session_id)
+        counts, generators = await asyncio.gather(self._tracker.queue.remote(), self._generators())
+        unavailable = unavailable_models(self._config, counts, {n: _replicas(d) for n, d in generators.items()})
+        job_id = f"video_{uuid.uuid4().hex}"
+        routed, answer, args = await asyncio.to_thread(answer_query, self._config, body, media, job_id, unavailable)
+        if body.create and routed is not None and args is not None:
+            [job] = await self._submit([_submission("video", job_id, routed, args, caller_of(request))])
+            answer.video = self._view(job, request)
+        return answer
 
     @api.get("/health")
     async def health(self) -> dict[str, str]:

@@ -14,11 +14,11 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from serve_app.schemas import VideoCreateRequest
+from serve_app.schemas import RouteRequest, VideoCreateRequest
 
 REF = "#/components/schemas/{model}"
 BINARY = {"type": "string", "format": "binary"}
-_HAND_READ: tuple[type[BaseModel], ...] = (VideoCreateRequest,)
+_HAND_READ: tuple[type[BaseModel], ...] = (VideoCreateRequest, RouteRequest)
 
 
 def _not_null(prop: dict[str, Any]) -> dict[str, Any]:
@@ -43,12 +43,12 @@ def _multipart(model: type[BaseModel], files: tuple[str, ...]) -> dict[str, Any]
     return {"type": "object", "properties": properties, "required": schema.get("required", [])}
 
 
-def video_body(files: tuple[str, ...]) -> dict[str, Any]:
-    """`openapi_extra` for POST /v1/videos: a JSON object (media as data URLs, URLs or upload ids), or a form
-    with the media as files."""
+def video_body(files: tuple[str, ...], model: type[BaseModel] = VideoCreateRequest) -> dict[str, Any]:
+    """`openapi_extra` for a body read by hand (POST /v1/videos, /v1/route): a JSON object (media as data URLs,
+    URLs or upload ids), or a form with the media as files."""
     return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": REF.format(model=VideoCreateRequest.__name__)}},
-        "multipart/form-data": {"schema": _multipart(VideoCreateRequest, files)},
+        "application/json": {"schema": {"$ref": REF.format(model=model.__name__)}},
+        "multipart/form-data": {"schema": _multipart(model, files)},
     }}}
 
 

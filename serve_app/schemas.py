@@ -119,6 +119,27 @@ class VideoCreateRequest(_Tuning):
     webhook_url: HttpUrl | None = Field(None, description="POSTed a signed event when the job ends")
 
 
+class RouteRequest(_Body):
+    """POST /v1/route: what to make, in words, with optional media and preferences."""
+
+    query: Prompt = Field(description='e.g. "Generate a video of a cat playing in the garden"')
+    model: str | None = Field(None, description="a served model to use; unset: the one the query and inputs need")
+    modality: Literal["video", "image"] | None = Field(None, description="unset: what the words ask for")
+    prefer_quality: bool | None = Field(None, description="true: the *_high job type; false: *_fast; unset: the "
+                                                          "model's defaults")
+    max_duration: float | None = Field(None, gt=0, le=60, description="seconds; a longer ask is shortened")
+    create: bool = Field(False, description="also create the job; else only say what would run")
+    input_reference: str | None = None
+    last_image: str | None = None
+    video: str | None = None
+    mask: str | None = None
+    reference_image: str | None = None
+    pose_video: str | None = None
+    face_video: str | None = None
+    session_id: str | None = None
+    webhook_url: HttpUrl | None = None
+
+
 class VideoError(BaseModel):
     code: str
     message: str
@@ -207,6 +228,26 @@ class VideoPlan(_Tuned):
     num_inference_steps: int
     resize_policy: str | None = None
     plan: dict[str, Any]
+
+
+class RouteAnswer(BaseModel):
+    """How a query in words is classified and routed; with `create`, the job made."""
+
+    object: Literal["route"] = "route"
+    generation: bool = Field(description="false: the query asks for no video or image (see `answer`)")
+    answer: str | None = None
+    reason: str = Field(description="why this task and this model, in words")
+    task: str | None = None
+    model: str | None = None
+    fallback: dict[str, str] | None = Field(None, description="the model first chosen and why another serves")
+    prompt: str | None = Field(None, description="what the model is asked for, from the query")
+    size: str | None = None
+    num_frames: int | None = None
+    seconds: str | None = None
+    fps: int | None = None
+    num_inference_steps: int | None = None
+    plan: dict[str, Any] | None = None
+    video: Video | None = Field(None, description="the job, when `create` was set")
 
 
 class _Deleted(BaseModel):

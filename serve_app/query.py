@@ -1,0 +1,87 @@
+"""POST /v1/route's decision: a query in words (`intent.py`), the inputs it carries and the caller's preferences
+become a routed job, with the reason in words; a model that cannot take a job now gives way to the next one that
+can do the task, and the answer says so. No HTTP and no Ray: the gateway gathers which models are unavailable."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pipelines.request import InvalidRequest
+from pipelines.variants import Task
+from serve_app.config import AppConfig
+from serve_app.fields import Fields, Media, Routed
+from serve_app.intent import read_intent
+from serve_app.router import route
+from serve_app.schemas import RouteAnswer, RouteRequest
+
+INPUTS = ("input_reference", "last_image", "video", "mask", "reference_image", "pose_video", "face_video")
+
+
+def answer_query(config: AppConfig, body: RouteRequest, media: Media, job_id: str,
+                 unavailable: dict[str, str]) -> tuple[Routed | None, RouteAnswer, Fields | None]:
+    """The routed job (None when the words ask for none), the answer, and the fields it was routed with.
+
+    `unavailable`: why a served model cannot take a job now (no running replica, its admission limit), by name.
+    """
+    intent = read_intent(body.query)
+    sent = [name for name in INPUTS if getattr(body, name) is not None]
+    if not intent.generate and not sent:
+        return None, RouteAnswer(generation=False, answer=intent.answer, reason=intent.reason), None
+    modality = body.modality or intent.modality
+    quality = None if body.prefer_quality is None else ("high" if body.prefer_quality else "fast")
+    fields = Fields(prompt=intent.prompt or body.query, model=body.model, num_frames=1 if modality == "image" else None,
+                    job_type=f"{modality or 'video'}_{quality}" if quality else None, session_id=body.session_id,
+                    webhook_url=str(body.webhook_url) if body.webhook_url else None)
+    routed = route(config, fields, media, job_id)
+    variant = routed.variant
+    if routed.plan.task != Task.T2I.value and (intent.seconds or body.max_duration):
+        longest = variant.seconds_for_frames(variant.max_frames)  # one window: the query did not ask to extend
+        wanted = intent.seconds or variant.seconds_for_frames(variant.default_frames)
+        fields = replace(fields, seconds=min(wanted, longest, body.max_duration or longest))
+        routed = route(config, fields, media, job_id)
+    fallback = None
+    if variant.name in unavailable and body.model is None:
+        for other in (m.name for m in config.models if m.name != variant.name and m.name not in unavailable):
+            try:
+                candidate = route(config, replace(fields, model=other), media, job_id)
+            except InvalidRequest:
+                continue  # it cannot do this task with these inputs
+            if candidate.plan.task == routed.plan.task:
+                fallback = {"from": variant.name, "why": unavailable[variant.name]}
+                routed, fields = candidate, replace(fields, model=other)
+                break
+    task = Task(routed.plan.task)
+    reasons = [intent.reason]
+    if sent:
+        reasons.append(f"the inputs sent ({', '.join(sent)}) make it {task.value}")
+    reasons.append(_why_model(config, body, routed.variant.name, task, fallback))
+    p = routed.params
+    answer = RouteAnswer(generation=True, reason="; ".join(reasons), task=task.value, model=routed.variant.name,
+                         fallback=fallback, prompt=fields.prompt, size=p["size"], num_frames=p["num_frames"],
+                         seconds=p["seconds"], fps=p["fps"], num_inference_steps=p["num_inference_steps"],
+                         plan=routed.plan.model_dump())
+    return routed, answer, fields
+
+
+def unavailable_models(config: AppConfig, counts: dict[str, dict[str, int]],
+                       replicas: dict[str, dict[str, int]]) -> dict[str, str]:
+    """Why each served model cannot take a job now: no running replica, or its admission limit reached."""
+    why = {}
+    for m in config.models:
+        active = sum(counts.get(m.name, {}).values())
+        if active >= m.max_queued_jobs:
+            why[m.name] = f"it is at its admission limit ({active} of {m.max_queued_jobs} jobs)"
+        elif not replicas.get(m.name, {}).get("RUNNING"):
+            why[m.name] = "it has no running replica"
+    return why
+
+
+def _why_model(config: AppConfig, body: RouteRequest, name: str, task: Task, fallback: dict[str, str] | None) -> str:
+    if fallback is not None:
+        return f"{fallback['from']} would serve {task.value} but {fallback['why']}, so {name}, which also does it"
+    if body.model is not None:
+        return f"{name} was asked for"
+    model = config.model(name)
+    if model is not None and task in model.default_for:
+        return f"{name} is the served default for {task.value}"
+    return f"{name} is the first served model that does {task.value}"
