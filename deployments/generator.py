@@ -78,8 +78,11 @@ class WanGenerator:
         if not on_step(0, request.num_inference_steps):
             raise GenerationCancelled("cancelled before it started")
         started = time.perf_counter()
+        self._model.reset_peak_memory()
         frames = generate(self._model, request, on_step)
         seconds = time.perf_counter() - started
+        if (peak := self._model.peak_memory_mb()) is not None:
+            self._tracker.gpu_peak.remote(job_id, round(peak))
         self._metrics.generation_seconds.observe(seconds, {**self._tags, "task": request.task.value})
         log.info("job %s: %s segment %d, %d frames in %.2f s", job_id, request.task.value, segment, len(frames),
                  seconds, extra={"job_id": job_id})

@@ -239,6 +239,13 @@ class JobTracker:
             self._store.update(job_id, stage=kind)
             return True
 
+    def gpu_peak(self, job_id: str, megabytes: int) -> None:
+        """A generation's peak GPU memory: the job keeps the largest of its generations'."""
+        with self._lock:
+            job = self._store.get(job_id)
+            if job is not None and megabytes > (job.gpu_memory_peak_mb or 0):
+                self._store.update(job_id, even_if_ended=True, gpu_memory_peak_mb=megabytes)
+
     def finish(
         self, job_id: str, status: JobStatus, assets: list[dict] | None = None,
         error: tuple[str, str] | None = None, upload: dict | None = None,

@@ -58,6 +58,7 @@ class Job:
     webhook: dict[str, Any] | None = None  # the webhook delivery: delivered, attempts, status_code, error
     expires_at: float | None = None  # when retention will remove it (set as it ends); None: kept until deleted
     enhancement: dict[str, Any] | None = None  # the prompt enhancer's answer: prompt, source, seconds, error
+    gpu_memory_peak_mb: int | None = None  # the most GPU memory one of its generations took; None off a GPU
 
 
 @dataclass

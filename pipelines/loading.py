@@ -53,6 +53,14 @@ class LoadedModel:
         for hook in self.offload_hooks:
             hook.offload()
 
+    def reset_peak_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_memory_mb(self) -> float | None:
+        """The most GPU memory this process held since `reset_peak_memory`; None off a GPU."""
+        return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
+
     def pipeline_for(self, task: Task) -> DiffusionPipeline:
         if task not in self._views:
             self._views[task] = self._build_view(task)

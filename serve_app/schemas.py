@@ -70,6 +70,7 @@ class _Tuned(BaseModel):
     enhancement_error: str | None = Field(None, description="why the prompt as sent was used after all")
     reference_mode: str | None = Field(None, description="where the images went, as the request said")
     processing_time: float | None = Field(None, description="seconds from the first denoising step to the end")
+    gpu_memory_peak_mb: int | None = Field(None, description="the generator's peak GPU memory; none off a GPU")
 
 
 class VideoCreateRequest(_Tuning):

@@ -30,7 +30,7 @@ def job_view(job: Job, links: AssetLinks, base: str) -> Video | ImageBatch:
         job_type=p.get("job_type"), preset=p.get("preset"), loras=p.get("loras") or [],
         enhanced_prompt=(enhanced.get("prompts") or [None])[0], enhancement_source=enhanced.get("source", "none"),
         enhancement_seconds=enhanced.get("seconds"), enhancement_error=enhanced.get("error"),
-        reference_mode=p.get("reference_mode"),
+        reference_mode=p.get("reference_mode"), gpu_memory_peak_mb=job.gpu_memory_peak_mb,
         processing_time=round(job.completed_at - job.started_at, 3) if job.completed_at and job.started_at else None,
     )
     if job.kind == "batch":

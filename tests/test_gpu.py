@@ -69,6 +69,7 @@ def test_half_a_gpu_caps_the_allocator_and_runs_a_job(real_size: Path) -> None:
     torch.cuda.reset_peak_memory_stats(device)
     frames = generate(model, request())
     peak = torch.cuda.max_memory_allocated(device)
+    assert model.peak_memory_mb() == peak / 2**20, "what the generator reports on the job"
     total = torch.cuda.get_device_properties(device).total_memory
     print(f"\n{MODEL} random weights, 832x480, 9 frames, 2 steps: peak {peak / 2**30:.1f} GiB "
           f"of {total / 2**30:.0f} GiB (cap {total / 2**31:.0f} GiB)")
