@@ -9,7 +9,7 @@ import time
 
 from ray import serve
 
-from pipelines.enhance import Kind, load_enhancer
+from pipelines.enhance import INTENT_SYSTEM, Kind, load_enhancer
 
 log = logging.getLogger("ray.serve")
 
@@ -28,3 +28,7 @@ class PromptEnhancer:
         concurrent calls queue here rather than on the GPU."""
         text = await asyncio.to_thread(self._enhancer.enhance, prompt, kind, seed, self._max_new_tokens)
         return text[: self._max_chars].strip(), self._enhancer.name
+
+    async def read_intent(self, query: str) -> str:
+        """The model's reading of a query in words, as JSON text (`serve_app/intent.py` parses and checks it)."""
+        return await asyncio.to_thread(self._enhancer.chat, INTENT_SYSTEM, query, 0, 128)

@@ -35,6 +35,12 @@ SYSTEM_PROMPTS: dict[Kind, str] = {
                  "one paragraph of 60 to 80 words describing natural, gentle motion of the subject and a slow camera "
                  "movement that suit a still photograph; invent no new subjects. Write only the paragraph.",
 }
+INTENT_SYSTEM = (
+    "You read requests sent to a video generation service. Answer with one JSON object and nothing else: "
+    '{"generate": true or false, "modality": "video" or "image" or null, "seconds": a number or null, '
+    '"prompt": "what to show, without the words of the request itself"}. generate is false when the request asks '
+    "for no video or image (a question, a greeting, anything else)."
+)
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
@@ -50,7 +56,11 @@ class Enhancer:
 
     def enhance(self, prompt: str, kind: Kind, seed: int, max_new_tokens: int) -> str:
         """The rewritten prompt (stripped; empty when the model wrote nothing usable). Same seed, same words."""
-        messages = [{"role": "system", "content": SYSTEM_PROMPTS[kind]}, {"role": "user", "content": prompt}]
+        return self.chat(SYSTEM_PROMPTS[kind], prompt, seed, max_new_tokens)
+
+    def chat(self, system: str, user: str, seed: int, max_new_tokens: int) -> str:
+        """The model's answer to `user` under `system`, printable and on one line."""
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                     return_dict=True).to(self.model.device)
         with self.lock, torch.inference_mode():

@@ -1,6 +1,5 @@
-"""The Gateway: a FastAPI ingress, one thin handler per endpoint. It validates, routes, and forwards: a job is
-created, run and ended by the FlowRunner, and read back from the JobTracker. It keeps no job state of its own
-and never touches torch; models and frames stay in their deployments.
+"""The Gateway: a FastAPI ingress, one thin handler per endpoint. It validates, routes, and forwards: a job is created,
+run and ended by the FlowRunner, and read back from the JobTracker. It keeps no job state; it never touches torch.
 
 `serve.ingress` pickles the routes when the class is defined, so every helper a handler uses is imported or
 defined above the class; and its annotations stay real objects (no `from __future__ import annotations`),
@@ -26,7 +25,7 @@ from pipelines.variants import Task
 from serve_app import errors, openapi
 from serve_app.auth import Caller, Keys, authorize, caller_of
 from serve_app.body import BodyLimit, read_body, read_upload, validated
-from serve_app.cards import model_card
+from serve_app.cards import model_card, replica_states
 from serve_app.config import AppConfig, generator_name
 from serve_app.content import asset_response
 from serve_app.errors import APIError
@@ -75,10 +74,6 @@ def _url(url: object | None) -> str | None:
     return None if url is None else str(url)
 
 
-def _replicas(deployment: Any) -> dict[str, int]:
-    return {str(k): n for k, n in deployment.replica_states.items()} if deployment else {}
-
-
 def _submission(kind: str, job_id: str, routed: Routed, fields: Fields, caller: Caller) -> Submission:
     job = Job(
         id=job_id, kind=kind, model=routed.variant.name, task=routed.plan.task, prompt=fields.prompt,
@@ -92,7 +87,7 @@ def _submission(kind: str, job_id: str, routed: Routed, fields: Fields, caller: 
 @serve.ingress(api)
 class Gateway:
     def __init__(self, config: AppConfig, tracker: DeploymentHandle, flow: DeploymentHandle,
-                 uploader: DeploymentHandle, keys: Keys) -> None:
+                 uploader: DeploymentHandle, keys: Keys, enhancer: DeploymentHandle | None = None) -> None:
         api.state.keys = keys  # read by `authorize`, the dependency every route but /health runs
         api.state.limits = config.limits  # read by `BodyLimit`
         if keys.open:
@@ -103,6 +98,7 @@ class Gateway:
         self._tracker = tracker
         self._flow = flow
         self._uploader = uploader
+        self._enhancer = enhancer  # reads queries in words for /v1/route, where one is configured
         self._media = MediaResolver(tracker, uploader, config)
         self._links = AssetLinks(config.storage.s3)  # URLs only: files are the Uploader's
         self._poll = {"openai-poll-after-ms": str(config.poll_after_ms)}
@@ -362,15 +358,14 @@ class Gateway:
         counts, generators = await asyncio.gather(self._tracker.queue.remote(), self._generators())
         return Queue(data=[
             QueueEntry(model=m.name, **counts.get(m.name, {"queued": 0, "in_progress": 0}),
-                       max_queued_jobs=m.max_queued_jobs, replicas=_replicas(generators[m.name]))
+                       max_queued_jobs=m.max_queued_jobs, replicas=replica_states(generators[m.name]))
             for m in self._config.models
         ])
 
     @api.get("/v1/models", response_model=ModelList)
     async def list_models(self) -> ModelList:
         generators = await self._generators()
-        return ModelList(data=[model_card(self._config, m, generators[m.name], _replicas(generators[m.name]))
-                               for m in self._config.models])
+        return ModelList(data=[model_card(self._config, m, generators[m.name]) for m in self._config.models])
 
     @api.post("/v1/route", response_model=RouteAnswer, openapi_extra=video_body(MEDIA_FIELDS, RouteRequest))
     async def route_query(self, request: Request) -> RouteAnswer:
@@ -380,14 +375,24 @@ class Gateway:
         await check_webhook(body.webhook_url, self._config.webhooks.private_allowed())
         await self._check_session(request, body.session_id)
         media = await self._media.resolve(body, raw, body.session_id)
-        counts, generators = await asyncio.gather(self._tracker.queue.remote(), self._generators())
-        unavailable = unavailable_models(self._config, counts, {n: _replicas(d) for n, d in generators.items()})
+        counts, generators, reading = await asyncio.gather(self._tracker.queue.remote(), self._generators(),
+                                                           self._reading(body.query))
+        busy = unavailable_models(self._config, counts, {n: replica_states(d) for n, d in generators.items()})
         job_id = f"video_{uuid.uuid4().hex}"
-        routed, answer, args = await asyncio.to_thread(answer_query, self._config, body, media, job_id, unavailable)
-        if body.create and routed is not None and args is not None:
+        routed, answer, args = await asyncio.to_thread(answer_query, self._config, body, media, job_id, busy, reading)
+        if body.create and routed and args:
             [job] = await self._submit([_submission("video", job_id, routed, args, caller_of(request))])
             answer.video = self._view(job, request)
         return answer
+
+    async def _reading(self, query: str) -> str | None:
+        """The enhancer's reading of a query in words, if one is configured and answers in time (else rules)."""
+        if self._enhancer is None or self._config.enhancer is None:  # no enhancer: the keyword rules
+            return None
+        try:
+            return await asyncio.wait_for(self._enhancer.read_intent.remote(query), self._config.enhancer.timeout_s)
+        except Exception:  # a slow or failed enhancer: the keyword rules answer instead, and say so
+            return ""
 
     @api.get("/health")
     async def health(self) -> dict[str, str]:

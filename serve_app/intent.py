@@ -5,9 +5,12 @@ query always gets the same answer; the inputs a request carries (images, videos)
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Literal
+
+from pydantic import BaseModel, ValidationError
 
 Modality = Literal["video", "image"]
 
@@ -71,3 +74,27 @@ def read_intent(query: str) -> Intent:
     prompt = (_INTO.sub("", text, count=1) if into else _LEAD.sub("", text, count=1)).strip(" .!?") or text
     return Intent(generate=True, modality=modality, prompt=prompt[0].upper() + prompt[1:], seconds=seconds,
                   reason=reason)
+
+
+class _Reading(BaseModel):
+    generate: bool
+    modality: Modality | None = None
+    seconds: float | None = None
+    prompt: str = ""
+
+
+def parse_reading(text: str, source: str) -> Intent | None:
+    """An LLM's reading of a query (`INTENT_SYSTEM`'s JSON object), checked; None when it is not one."""
+    found = re.search(r"\{.*\}", text, re.DOTALL)
+    try:
+        reading = _Reading.model_validate(json.loads(found.group(0))) if found else None
+    except (ValueError, ValidationError):
+        return None
+    if reading is None or (reading.generate and not reading.prompt.strip()):
+        return None
+    seconds = reading.seconds if reading.seconds is None or 0 < reading.seconds <= 600 else None
+    if not reading.generate:
+        return Intent(generate=False, answer="This asks for no video or image: wan-serve generates videos and images.",
+                      reason=f"{source} read no request for a video or an image")
+    return Intent(generate=True, modality=reading.modality, prompt=reading.prompt.strip(), seconds=seconds,
+                  reason=f"{source} read it as {reading.modality or 'a generation'}")

@@ -10,20 +10,27 @@ from pipelines.request import InvalidRequest
 from pipelines.variants import Task
 from serve_app.config import AppConfig
 from serve_app.fields import Fields, Media, Routed
-from serve_app.intent import read_intent
+from serve_app.intent import parse_reading, read_intent
 from serve_app.router import route
 from serve_app.schemas import RouteAnswer, RouteRequest
 
 INPUTS = ("input_reference", "last_image", "video", "mask", "reference_image", "pose_video", "face_video")
 
 
-def answer_query(config: AppConfig, body: RouteRequest, media: Media, job_id: str,
-                 unavailable: dict[str, str]) -> tuple[Routed | None, RouteAnswer, Fields | None]:
+def answer_query(config: AppConfig, body: RouteRequest, media: Media, job_id: str, unavailable: dict[str, str],
+                 reading: str | None = None) -> tuple[Routed | None, RouteAnswer, Fields | None]:
     """The routed job (None when the words ask for none), the answer, and the fields it was routed with.
 
     `unavailable`: why a served model cannot take a job now (no running replica, its admission limit), by name.
+    `reading`: the enhancer's reading of the words (JSON text), when one is configured; keyword rules otherwise,
+    and where the reading is not usable.
     """
-    intent = read_intent(body.query)
+    intent = parse_reading(reading, f"the enhancer ({config.enhancer.model})") \
+        if reading is not None and config.enhancer is not None else None
+    if intent is None:
+        intent = read_intent(body.query)
+        if reading is not None:
+            intent = replace(intent, reason=f"{intent.reason} (keyword rules: the enhancer's reading was not usable)")
     sent = [name for name in INPUTS if getattr(body, name) is not None]
     if not intent.generate and not sent:
         return None, RouteAnswer(generation=False, answer=intent.answer, reason=intent.reason), None

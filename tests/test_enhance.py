@@ -156,3 +156,11 @@ def test_an_enhanced_job_over_http_records_its_enhanced_prompt_and_source(enhanc
     assert video["enhancement_source"] == "tiny" and video["enhanced_prompt"]
     assert video["enhanced_prompt"] != video["prompt"] and video["enhancement_seconds"] > 0
     assert [s["kind"] for s in video["plan"]["stages"]][:2] == ["enhance", "generate"]
+
+
+def test_route_asks_the_enhancer_to_read_the_words_and_falls_back_to_rules(enhanced_app: httpx.Client) -> None:
+    r = enhanced_app.post("/v1/route", json={"query": "Generate a video of a cat playing in the garden"})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert (answer["task"], answer["model"], answer["prompt"]) == ("t2v", "tiny-t2v", "A cat playing in the garden")
+    assert "the enhancer's reading was not usable" in answer["reason"]  # the tiny twin writes noise, not JSON

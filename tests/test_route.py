@@ -83,6 +83,28 @@ def test_a_model_that_cannot_take_the_job_gives_way_to_the_next_that_can_and_say
     assert "tiny-t2v would serve t2v" in answer["reason"]
 
 
+@pytest.mark.parametrize(
+    ("reading", "want"),
+    [
+        ('{"generate": true, "modality": "image", "seconds": null, "prompt": "A lighthouse at dusk"}',
+         {"task": "t2i", "prompt": "A lighthouse at dusk", "reason": "the enhancer (tiny) read it as image"}),
+        ('Sure! {"generate": false}', {"generation": False, "task": None}),
+        ("\u00e9\u0017 noise", {"task": "t2v", "prompt": "A kite over the sea"}),  # the tiny twin's: rules answer
+        ('{"generate": true, "prompt": ""}', {"task": "t2v", "prompt": "A kite over the sea"}),
+    ],
+)
+def test_an_enhancer_s_reading_of_the_words_is_used_when_it_is_usable(reading: str, want: dict[str, Any]) -> None:
+    config = AppConfig.model_validate(CONFIG.model_dump() | {"enhancer": {"model": "tiny"}})
+    _, answer, _ = answer_query(config, RouteRequest(query="Make a video of a kite over the sea"), Media(), "v", {},
+                                reading)
+    got = answer.model_dump()
+    assert {k: got[k] for k in want if k != "reason"} == {k: v for k, v in want.items() if k != "reason"}
+    if "reason" in want:
+        assert got["reason"].startswith(want["reason"])
+    elif got["generation"]:
+        assert "keyword rules: the enhancer's reading was not usable" in got["reason"]
+
+
 def test_unavailability_comes_from_the_queue_and_the_replicas() -> None:
     counts = {"tiny-t2v": {"queued": 60, "in_progress": 4}}
     replicas = {"tiny-t2v": {"RUNNING": 1}, "tiny-a14b": {"RUNNING": 1}, "tiny-i2v": {"STARTING": 1},
