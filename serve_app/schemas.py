@@ -22,6 +22,8 @@ MAX_TEXT = MAX_PROMPT_CHARS
 MAX_METADATA_KEYS = 256
 Prompt = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
 VideoStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+ABSENT = {"Wan2.2-S2V-14B": "speech-to-video has no pipeline in any released diffusers (an open pull request "
+                            "only), and wan-serve runs Wan through diffusers"}
 ReferenceMode = Literal["none", "single", "start", "end", "both"]
 JobTypeName = Literal["image_fast", "image_high", "video_fast", "video_high", "image_fast_enhanced",
                       "image_high_enhanced", "video_fast_enhanced", "video_high_enhanced"]
@@ -397,6 +399,8 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+    absent: dict[str, str] = Field(default_factory=lambda: dict(ABSENT), description="Wan models no configuration "
+                                                                                    "can serve, and why")
 
 
 class QueueEntry(BaseModel):

@@ -59,7 +59,9 @@ def image(client: httpx.Client, **body: Any) -> np.ndarray:
 
 
 def test_models_list_their_adapters_presets_and_job_types(media: httpx.Client) -> None:
-    cards = {m["id"]: m for m in media.get("/v1/models").json()["data"]}
+    models = media.get("/v1/models").json()
+    assert "diffusers" in models["absent"]["Wan2.2-S2V-14B"]
+    cards = {m["id"]: m for m in models["data"]}
     assert cards["tiny-i2v-a14b"]["adapters"] == [
         {"name": "lightning-high", "fused": True, "scales": {"transformer": 3.0}},
         {"name": "lightning-low", "fused": True, "scales": {"transformer_2": 1.0}},
