@@ -8,7 +8,7 @@ from typing import Any
 from pipelines.variants import CATALOG
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.presets import JOB_TYPES
-from serve_app.schemas import AdapterCard, ModelCard
+from serve_app.service_schemas import AdapterCard, ModelCard
 
 
 def model_card(config: AppConfig, m: ModelConfig, deployment: Any) -> ModelCard:

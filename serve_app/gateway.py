@@ -43,9 +43,6 @@ from serve_app.schemas import (
     ImageDeleted,
     ImageGenerationRequest,
     ImagesResponse,
-    ModelList,
-    Queue,
-    QueueEntry,
     RouteAnswer,
     RouteRequest,
     SessionCreateRequest,
@@ -58,6 +55,7 @@ from serve_app.schemas import (
     VideoPlan,
 )
 from serve_app.schemas import Session as SessionView
+from serve_app.service_schemas import ModelList, Queue, QueueEntry
 from serve_app.views import job_view, upload_view
 
 ID_PREFIXES = {"video": "video", "image": "img", "batch": "batch"}

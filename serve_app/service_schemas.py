@@ -1,0 +1,56 @@
+"""The wire of the service's own state: the served models (`GET /v1/models`) and the queue (`GET /v1/queue`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+ABSENT = {"Wan2.2-S2V-14B": "speech-to-video has no pipeline in any released diffusers (an open pull request "
+                            "only), and wan-serve runs Wan through diffusers"}
+
+
+class AdapterCard(BaseModel):
+    name: str
+    fused: bool = Field(description="fused at load, on for every job; else selectable with `loras` and presets")
+    scales: dict[str, float] = Field(description="each expert's scale (transformer_2: Wan 2.2's low-noise expert)")
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "wan-serve"
+    description: str
+    tasks: list[str]
+    default_for: list[str]
+    fps: int
+    sizes: dict[str, str]
+    max_frames: int
+    gpus: float = Field(description="GPUs per replica; a fraction packs several replicas on one card")
+    gpu_memory_fraction: float | None = Field(description="each replica's cap on its card's memory")
+    replicas: dict[str, Any] = Field(description="the generator deployment's status, replicas by state, and "
+                                                 "Serve's message (why replicas are pending, for one)")
+    adapters: list[AdapterCard] = Field(default_factory=list)
+    presets: dict[str, dict[str, Any]] = Field(default_factory=dict, description="what each preset sets")
+    job_types: dict[str, str] = Field(default_factory=dict, description="the preset each job type runs")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+    absent: dict[str, str] = Field(default_factory=lambda: dict(ABSENT), description="Wan models no configuration "
+                                                                                    "can serve, and why")
+
+
+class QueueEntry(BaseModel):
+    model: str
+    queued: int = Field(description="accepted, waiting for a replica")
+    in_progress: int
+    max_queued_jobs: int = Field(description="queued + running before a create is answered 429")
+    replicas: dict[str, int] = Field(description="the generator's replicas by state")
+
+
+class Queue(BaseModel):
+    object: Literal["queue"] = "queue"
+    data: list[QueueEntry]
