@@ -11,6 +11,7 @@ is gone (a crash, a restart): the sweep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.assets import AssetLinks
+from deployments.changes import QUEUE, Changes
 from deployments.jobstore import ACTIVE, Idempotency, Job, JobStatus, Session, SQLiteJobStore, Upload
 from deployments.metrics import JobMetrics
 from deployments.retention import Reaper
@@ -38,6 +40,7 @@ GAUGE_INTERVAL_S = 5.0  # gauges are levels: set again and again, or Ray stops e
 DELIVERY_TIMEOUT_S = 600.0  # a swept job's webhook, with the Notifier's retries and backoff
 SESSION_VIEW_LIMIT = 100  # GET /v1/sessions/{id} shows the newest 100 jobs and the newest 100 uploads
 FILES_TIMEOUT_S = 300.0  # one call to the Uploader to delete files
+WATCH_S = 30.0  # the longest a watch waits for a change before it answers with the job unchanged
 
 
 def _alive(actor_name: str) -> bool:
@@ -83,7 +86,9 @@ class JobTracker:
     def __init__(self, db_path: str, uploader: DeploymentHandle, retention_days: float | None = None,
                  retention_sweep_s: float = 3600.0, notifier: DeploymentHandle | None = None,
                  s3: S3Config | None = None, public_url: str = "", sweep_interval_s: float = SWEEP_INTERVAL_S) -> None:
-        self._store = SQLiteJobStore(db_path)
+        self._changes = Changes()  # SSE listeners' watches, woken by every change the store makes
+        self._store = SQLiteJobStore(db_path, on_change=lambda job_id, moved: self._changes.signal(
+            *((job_id, QUEUE) if moved else (job_id,))))
         # Jobs the sweep fails get their webhook, as the flow runner's do: the same event, links and Notifier.
         self._notifier = notifier
         self._links = AssetLinks(s3)
@@ -208,6 +213,29 @@ class JobTracker:
     def list(self, kind: str, after: str | None, limit: int, order: str,
              key_id: str | None = None) -> tuple[list[Job], bool]:
         return self._store.list(kind=kind, after=after, limit=limit, order=order, key_id=key_id)
+
+    async def watch(self, job_id: str, version: int, position: int | None = None,
+                    timeout_s: float = WATCH_S) -> tuple[Job | None, int | None]:
+        """The job and its queue position once either differs from what the caller last saw (`version`,
+        `position`), or as they stand after `timeout_s`; (None, None) once the job is gone.
+
+        Pushed, not polled: the call waits on the store's change signal, so a watch costs nothing between changes.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._changes.waiting(job_id, QUEUE) as changed:
+                job = self._store.get(job_id)
+                queued = job is not None and job.status is JobStatus.QUEUED
+                now = self._store.queue_position(job_id) if queued else None
+                left = deadline - time.monotonic()
+                if job is None or job.version != version or now != position or left <= 0:
+                    return job, now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), left)
+
+    def watchers(self) -> int:
+        """Watches waiting now: one per job per gateway replica with listeners, however many listen."""
+        return self._changes.watched()
 
     def step(self, job_id: str, done: int, total: int, segment: int = 0) -> bool:
         """Record that `done` of `total` steps of generation `segment` are finished; False means: stop now.

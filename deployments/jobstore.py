@@ -9,7 +9,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -83,8 +83,11 @@ class SQLiteJobStore:
     many rows is a generator of pages, each read under the lock on its own (`PAGE` rows at most).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, on_change: Callable[[str, bool], None] | None = None) -> None:
+        """`on_change(job_id, queue_moved)` runs after a job's record changes or goes (its lock released);
+        `queue_moved`: its status changed, or it is gone, so the queue positions of its model may have moved."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._on_change = on_change or (lambda _id, _moved: None)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -214,11 +217,15 @@ class SQLiteJobStore:
         """
         with self._lock:
             job = self._get(job_id)
-            if job is not None and (even_if_ended or not job.status.terminal):
-                for name, value in fields.items():
-                    setattr(job, name, value)
-                self._write(job)
-            return job
+            if job is None or (job.status.terminal and not even_if_ended):
+                return job
+            status = job.status
+            for name, value in fields.items():
+                setattr(job, name, value)
+            job.version += 1
+            self._write(job)
+        self._on_change(job_id, job.status is not status)
+        return job
 
     def delete(self, job_id: str) -> None:
         """The record and its idempotency keys: a retry after this makes a new job."""
@@ -226,6 +233,7 @@ class SQLiteJobStore:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             self._db.execute("DELETE FROM idempotency WHERE job_id = ?", (job_id,))
+        self._on_change(job_id, True)
 
     def jobs_in_session(self, session_id: str) -> Iterator[Job]:
         """Every job of the session, deleted ones included (their files are the session's too), page by page."""

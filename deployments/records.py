@@ -59,6 +59,7 @@ class Job:
     expires_at: float | None = None  # when retention will remove it (set as it ends); None: kept until deleted
     enhancement: dict[str, Any] | None = None  # the prompt enhancer's answer: prompt, source, seconds, error
     gpu_memory_peak_mb: int | None = None  # the most GPU memory one of its generations took; None off a GPU
+    version: int = 0  # +1 on every change: the id of the SSE event that carries it (Last-Event-ID resumes there)
 
 
 @dataclass

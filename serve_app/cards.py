@@ -1,12 +1,15 @@
 """Served models as `GET /v1/models` lists them (apart from `views.py`, which the deployments import: this needs the
-app config)."""
+app config), with their generators' status as Serve reports it."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from ray import serve
+
 from pipelines.variants import CATALOG
-from serve_app.config import AppConfig, ModelConfig
+from serve_app.config import AppConfig, ModelConfig, generator_name
 from serve_app.presets import JOB_TYPES
 from serve_app.service_schemas import AdapterCard, ModelCard
 
@@ -31,3 +34,11 @@ def model_card(config: AppConfig, m: ModelConfig, deployment: Any) -> ModelCard:
 def replica_states(deployment: Any) -> dict[str, int]:
     """A generator deployment's replicas by state, as Serve reports them."""
     return {str(k): n for k, n in deployment.replica_states.items()} if deployment else {}
+
+
+async def generator_deployments(config: AppConfig) -> dict[str, Any]:
+    """Each served model's generator deployment status, from Serve (called in a replica of the app)."""
+    status = await asyncio.to_thread(serve.status)
+    app = status.applications.get(serve.get_replica_context().app_name)
+    deployments = app.deployments if app else {}
+    return {m.name: deployments.get(generator_name(m.name)) for m in config.models}

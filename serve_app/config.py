@@ -308,6 +308,9 @@ class AppConfig(_Strict):
     orphan_sweep_s: float = Field(30.0, gt=0, description="how often the job tracker fails the queued and running "
                                   "jobs whose flow runner replica is gone (a crash), and sends their webhooks")
     poll_after_ms: int = Field(1000, ge=100)
+    events_keepalive_s: float = Field(15.0, gt=0, description="a comment on every SSE stream this often, so proxies "
+                                      "keep an idle stream open")
+    studio: bool = Field(True, description="serve the web studio at / (static files; its API calls need a key)")
     encoder_replicas: int = Field(1, ge=1)
     interpolator_replicas: int = Field(1, ge=1)
     gateway_replicas: int = Field(1, ge=1)

@@ -1,7 +1,7 @@
 """What the router works on and hands back: a request's fields and decoded media, a video's length, the result.
 
-Types only, so that the router's stages (`router.py`, `presets.py`, `planner.py`, `animate.py`) share them without
-importing each other.
+Types only (and how a routed job is handed on), so that the router's stages (`router.py`, `presets.py`,
+`planner.py`, `animate.py`) share them without importing each other.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from deployments.plan import FlowInputs, Plan
+from deployments.jobstore import Job
+from deployments.plan import FlowInputs, Plan, Submission
 from pipelines.conditioning import ResizePolicy
 from pipelines.options import LoraChoice, Scheduler
 from pipelines.variants import Task, Variant
@@ -78,6 +79,13 @@ class Routed:
     plan: Plan
     inputs: FlowInputs
     params: dict[str, Any] = field(default_factory=dict)  # what the client sees on the job
+
+    def submission(self, kind: str, job_id: str, fields: Fields, key_id: str | None) -> Submission:
+        """The routed job as the flow runner takes it."""
+        job = Job(id=job_id, kind=kind, model=self.variant.name, task=self.plan.task, prompt=fields.prompt,
+                  plan=self.plan.model_dump(), params=self.params, session_id=fields.session_id,
+                  webhook_url=fields.webhook_url, total_steps=self.plan.total_steps, key_id=key_id)
+        return Submission(job=job, plan=self.plan, inputs=self.inputs)
 
 
 @dataclass(frozen=True)

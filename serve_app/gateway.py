@@ -11,9 +11,9 @@ import base64
 import logging
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -23,18 +23,19 @@ from deployments.jobstore import Idempotency, Job, JobStatus, KeyReused, Session
 from deployments.plan import Submission
 from pipelines.variants import Task
 from serve_app import errors, openapi
-from serve_app.auth import Caller, Keys, authorize, caller_of
+from serve_app.auth import Keys, authorize, caller_of
 from serve_app.body import BodyLimit, read_body, read_upload, validated
-from serve_app.cards import model_card, replica_states
-from serve_app.config import AppConfig, generator_name
+from serve_app.cards import generator_deployments, model_card, replica_states
+from serve_app.config import AppConfig
 from serve_app.content import asset_response
 from serve_app.errors import APIError
+from serve_app.events import Feeds, State, event_stream
 from serve_app.idempotency import KeyHeader, idempotency
 from serve_app.limits import check_metadata, media_bounds
 from serve_app.media import MEDIA_FIELDS, MediaResolver, check_webhook, normalize_upload
-from serve_app.openapi import UPLOAD_BODY, remove_docs, video_body
-from serve_app.query import answer_query, unavailable_models
-from serve_app.router import Fields, Media, Routed, route, route_batch
+from serve_app.openapi import EVENTS, UPLOAD_BODY, remove_docs, video_body
+from serve_app.query import answer_query, enhancer_reading, unavailable_models
+from serve_app.router import Fields, Media, route, route_batch
 from serve_app.schemas import (
     BatchDeleted,
     ImageBatch,
@@ -59,6 +60,7 @@ from serve_app.service_schemas import ModelList, Queue, QueueEntry
 from serve_app.views import job_view, upload_view
 
 ID_PREFIXES = {"video": "video", "image": "img", "batch": "batch"}
+LastEventId = Annotated[str | None, Header(description="resume after this event id (the job's version)")]
 log = logging.getLogger("ray.serve")
 
 api = FastAPI(title="wan-serve", summary="Every Wan task behind an OpenAI-compatible video API",
@@ -66,19 +68,6 @@ api = FastAPI(title="wan-serve", summary="Every Wan task behind an OpenAI-compat
 errors.install(api)
 api.add_middleware(BodyLimit)  # every body within config.limits, whatever reads it
 openapi.install(api)
-
-
-def _url(url: object | None) -> str | None:
-    return None if url is None else str(url)
-
-
-def _submission(kind: str, job_id: str, routed: Routed, fields: Fields, caller: Caller) -> Submission:
-    job = Job(
-        id=job_id, kind=kind, model=routed.variant.name, task=routed.plan.task, prompt=fields.prompt,
-        plan=routed.plan.model_dump(), params=routed.params, session_id=fields.session_id,
-        webhook_url=fields.webhook_url, total_steps=routed.plan.total_steps, key_id=caller.key_id,
-    )
-    return Submission(job=job, plan=routed.plan, inputs=routed.inputs)
 
 
 @serve.deployment(max_ongoing_requests=200, ray_actor_options={"num_cpus": 0.25})
@@ -98,6 +87,7 @@ class Gateway:
         self._uploader = uploader
         self._enhancer = enhancer  # reads queries in words for /v1/route, where one is configured
         self._media = MediaResolver(tracker, uploader, config)
+        self._feeds = Feeds(tracker)  # SSE listeners of this replica, one tracker watch per job
         self._links = AssetLinks(config.storage.s3)  # URLs only: files are the Uploader's
         self._poll = {"openai-poll-after-ms": str(config.poll_after_ms)}
 
@@ -111,6 +101,14 @@ class Gateway:
         if job is None or job.kind != kind or job.delete_requested or not caller_of(request).sees(job.key_id):
             raise APIError(404, f"no {kind} with id {job_id!r}", param=f"{kind}_id", code="not_found")
         return job
+
+    async def _state(self, job: Job) -> State:
+        queued = job.status is JobStatus.QUEUED
+        return State(job, await self._tracker.queue_position.remote(job.id) if queued else None)
+
+    async def _events(self, request: Request, job: Job, last_event_id: str | None) -> Response:
+        return event_stream(self._feeds, await self._state(job), last_event_id, lambda j: self._view(j, request),
+                            self._config.events_keepalive_s)
 
     async def _submit(self, work: list[Submission], wait: bool = False, key: Idempotency | None = None) -> list[Job]:
         """Hand jobs to the FlowRunner, which admits them all or none (a full queue, the model's or the key's, is
@@ -157,13 +155,13 @@ class Gateway:
         media = await self._media.resolve(body, raw, body.session_id)
         job_id = f"video_{uuid.uuid4().hex}"
         args = Fields(**body.model_dump(exclude={*MEDIA_FIELDS, "webhook_url", "loras"}), loras=body.loras,
-                      webhook_url=_url(body.webhook_url))
+                      webhook_url=str(body.webhook_url) if body.webhook_url else None)
         routed = await asyncio.to_thread(route, self._config, args, media, job_id)
         if dry_run:
             plan = VideoPlan(model=routed.variant.name, task=routed.plan.task, plan=routed.plan.model_dump(),
                              **{k: v for k, v in routed.params.items() if k in VideoPlan.model_fields})
             return JSONResponse(plan.model_dump())
-        [job] = await self._submit([_submission("video", job_id, routed, args, caller_of(request))], key=key)
+        [job] = await self._submit([routed.submission("video", job_id, args, caller_of(request).key_id)], key=key)
         return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
 
     @api.get("/v1/videos", response_model=VideoList)
@@ -183,11 +181,16 @@ class Gateway:
 
     @api.get("/v1/videos/{video_id}", response_model=Video)
     async def get_video(self, request: Request, video_id: str) -> JSONResponse:
-        job = await self._job(request, video_id)
-        video = self._view(job, request)
-        if job.status is JobStatus.QUEUED:
-            video.queue_position = await self._tracker.queue_position.remote(job.id)
+        state = await self._state(await self._job(request, video_id))
+        video = self._view(state.job, request)
+        video.queue_position = state.position
         return JSONResponse(video.model_dump(), headers=self._poll)
+
+    @api.get("/v1/videos/{video_id}/events", responses=EVENTS)
+    async def video_events(self, request: Request, video_id: str, last_event_id: LastEventId = None) -> Response:
+        """Progress as Server-Sent Events: `video.progress` on each change, then `video.completed`, `video.failed`
+        or `video.cancelled` with the video, then the stream ends."""
+        return await self._events(request, await self._job(request, video_id), last_event_id)
 
     @api.delete("/v1/videos/{video_id}", response_model=VideoDeleted)
     async def delete_video(self, request: Request, video_id: str) -> VideoDeleted:
@@ -238,7 +241,7 @@ class Gateway:
             job_id = f"img_{uuid.uuid4().hex}"
             routed = route(self._config, fields, Media(), job_id)
             fields.seed = routed.params["seed"] + 1  # the next image takes the next seed
-            work.append(_submission("image", job_id, routed, fields, caller_of(request)))
+            work.append(routed.submission("image", job_id, fields, caller_of(request).key_id))
         data = []
         for job in await self._submit(work, wait=True, key=key):
             if job.status is not JobStatus.COMPLETED:
@@ -270,16 +273,21 @@ class Gateway:
         await check_webhook(body.webhook_url, self._config.webhooks.private_allowed())
         await self._check_session(request, body.session_id)
         fields = Fields(prompt=body.prompts[0], **body.model_dump(exclude={"prompts", "webhook_url", "loras"}),
-                        loras=body.loras, webhook_url=_url(body.webhook_url))
+                        loras=body.loras, webhook_url=str(body.webhook_url) if body.webhook_url else None)
         job_id = f"batch_{uuid.uuid4().hex}"
         routed = route_batch(self._config, fields, body.prompts, job_id)
-        [job] = await self._submit([_submission("batch", job_id, routed, fields, caller_of(request))], key=key)
+        [job] = await self._submit([routed.submission("batch", job_id, fields, caller_of(request).key_id)], key=key)
         return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
 
     @api.get("/v1/images/batches/{batch_id}", response_model=ImageBatch)
     async def get_batch(self, request: Request, batch_id: str) -> JSONResponse:
         job = await self._job(request, batch_id, "batch")
         return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
+
+    @api.get("/v1/images/batches/{batch_id}/events", responses=EVENTS)
+    async def batch_events(self, request: Request, batch_id: str, last_event_id: LastEventId = None) -> Response:
+        """Progress as Server-Sent Events: `batch.progress`, then `batch.completed` (or failed, cancelled)."""
+        return await self._events(request, await self._job(request, batch_id, "batch"), last_event_id)
 
     @api.get("/v1/images/batches/{batch_id}/images/{index}")
     async def batch_image(self, request: Request, batch_id: str, index: int) -> Response:
@@ -343,17 +351,10 @@ class Gateway:
 
     # --- models, queue and health --------------------------------------------------------------------
 
-    async def _generators(self) -> dict[str, Any]:
-        """Each served model's generator deployment status, from Serve."""
-        status = await asyncio.to_thread(serve.status)
-        app = status.applications.get(serve.get_replica_context().app_name)
-        deployments = app.deployments if app else {}
-        return {m.name: deployments.get(generator_name(m.name)) for m in self._config.models}
-
     @api.get("/v1/queue", response_model=Queue)
     async def queue(self) -> Queue:
         """Per model: jobs waiting, jobs running, the admission limit, and the generator's replicas."""
-        counts, generators = await asyncio.gather(self._tracker.queue.remote(), self._generators())
+        counts, generators = await asyncio.gather(self._tracker.queue.remote(), generator_deployments(self._config))
         return Queue(data=[
             QueueEntry(model=m.name, **counts.get(m.name, {"queued": 0, "in_progress": 0}),
                        max_queued_jobs=m.max_queued_jobs, replicas=replica_states(generators[m.name]))
@@ -362,7 +363,7 @@ class Gateway:
 
     @api.get("/v1/models", response_model=ModelList)
     async def list_models(self) -> ModelList:
-        generators = await self._generators()
+        generators = await generator_deployments(self._config)
         return ModelList(data=[model_card(self._config, m, generators[m.name]) for m in self._config.models])
 
     @api.post("/v1/route", response_model=RouteAnswer, openapi_extra=video_body(MEDIA_FIELDS, RouteRequest))
@@ -373,24 +374,16 @@ class Gateway:
         await check_webhook(body.webhook_url, self._config.webhooks.private_allowed())
         await self._check_session(request, body.session_id)
         media = await self._media.resolve(body, raw, body.session_id)
-        counts, generators, reading = await asyncio.gather(self._tracker.queue.remote(), self._generators(),
-                                                           self._reading(body.query))
+        counts, generators, reading = await asyncio.gather(
+            self._tracker.queue.remote(), generator_deployments(self._config),
+            enhancer_reading(self._enhancer, self._config, body.query))
         busy = unavailable_models(self._config, counts, {n: replica_states(d) for n, d in generators.items()})
         job_id = f"video_{uuid.uuid4().hex}"
         routed, answer, args = await asyncio.to_thread(answer_query, self._config, body, media, job_id, busy, reading)
         if body.create and routed and args:
-            [job] = await self._submit([_submission("video", job_id, routed, args, caller_of(request))])
+            [job] = await self._submit([routed.submission("video", job_id, args, caller_of(request).key_id)])
             answer.video = self._view(job, request)
         return answer
-
-    async def _reading(self, query: str) -> str | None:
-        """The enhancer's reading of a query in words, if one is configured and answers in time (else rules)."""
-        if self._enhancer is None or self._config.enhancer is None:  # no enhancer: the keyword rules
-            return None
-        try:
-            return await asyncio.wait_for(self._enhancer.read_intent.remote(query), self._config.enhancer.timeout_s)
-        except Exception:  # a slow or failed enhancer: the keyword rules answer instead, and say so
-            return ""
 
     @api.get("/health")
     async def health(self) -> dict[str, str]:

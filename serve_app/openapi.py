@@ -52,6 +52,11 @@ def video_body(files: tuple[str, ...], model: type[BaseModel] = VideoCreateReque
     }}}
 
 
+EVENTS: dict[int | str, dict[str, Any]] = {200: {
+    "description": "`text/event-stream`: `<kind>.progress` events (data: JobProgress), then one final event with the "
+                   "job (`<kind>.completed`, `.failed` or `.cancelled`); each event's id resumes with Last-Event-ID",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}}}, 204: {"description": "the job had ended "
+                                                                                "before the event Last-Event-ID names"}}
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "properties": {"file": BINARY}, "required": ["file"]}}}}}
 

@@ -4,7 +4,9 @@ can do the task, and the answer says so. No HTTP and no Ray: the gateway gathers
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
+from typing import Any
 
 from pipelines.request import InvalidRequest
 from pipelines.variants import Task
@@ -92,3 +94,14 @@ def _why_model(config: AppConfig, body: RouteRequest, name: str, task: Task, fal
     if model is not None and task in model.default_for:
         return f"{name} is the served default for {task.value}"
     return f"{name} is the first served model that does {task.value}"
+
+
+async def enhancer_reading(enhancer: Any, config: AppConfig, query: str) -> str | None:
+    """The enhancer's reading of a query in words (its deployment handle), if one is configured and answers in
+    time: None without one (the keyword rules answer), "" when it fails or is slow (the rules answer, and say so)."""
+    if enhancer is None or config.enhancer is None:
+        return None
+    try:
+        return await asyncio.wait_for(enhancer.read_intent.remote(query), config.enhancer.timeout_s)
+    except Exception:
+        return ""

@@ -1,4 +1,5 @@
-"""The wire of the service's own state: the served models (`GET /v1/models`) and the queue (`GET /v1/queue`)."""
+"""The wire of the service's own state: the served models (`GET /v1/models`), the queue (`GET /v1/queue`), and a
+job's progress as its SSE events carry it."""
 
 from __future__ import annotations
 
@@ -54,3 +55,15 @@ class QueueEntry(BaseModel):
 class Queue(BaseModel):
     object: Literal["queue"] = "queue"
     data: list[QueueEntry]
+
+
+class JobProgress(BaseModel):
+    """The data of a `video.progress` / `batch.progress` event (`GET .../events`)."""
+
+    id: str
+    status: Literal["queued", "in_progress"]
+    progress: int = Field(description="percent of the denoising steps done")
+    step: int = Field(description="denoising steps done, over every generation of the job's plan")
+    total_steps: int
+    stage: str | None = Field(None, description="the plan stage running now: generate, interpolate, encode, ...")
+    queue_position: int | None = Field(None, description="1: the next of its model's queued jobs to start")
