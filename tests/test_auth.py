@@ -18,6 +18,7 @@ from serve_app.auth import Keys
 from serve_app.errors import APIError
 from tests.conftest import POLL_S, app_args, wait_for
 from tests.media import png
+from tests.test_cli import wan
 
 APP = "keyed"
 KEY_A, KEY_B, ADMIN = "sk-alice-0123456789", "sk-bob-9876543210", "sk-admin-abcdef"
@@ -63,7 +64,8 @@ def test_without_a_valid_key_only_health_answers(url: str) -> None:
     with as_key(url, None) as anonymous, as_key(url, "sk-guess") as guesser:
         for client in (anonymous, guesser):
             for method, path in (("GET", "/v1/videos"), ("POST", "/v1/videos"), ("GET", "/v1/models"),
-                                 ("GET", "/v1/queue"), ("POST", "/v1/sessions"), ("GET", "/v1/videos/video_x")):
+                                 ("GET", "/v1/queue"), ("POST", "/v1/sessions"), ("GET", "/v1/videos/video_x"),
+                                 ("GET", "/v1/videos/video_x/events")):
                 r = client.request(method, path, json={"prompt": "x"})
                 assert r.status_code == 401, (method, path, r.text)
                 assert r.headers["www-authenticate"] == "Bearer"
@@ -123,3 +125,9 @@ def test_the_openai_sdk_sends_its_key(url: str) -> None:
     video = client.videos.create(prompt="with a key", size="64x32", seconds="4", extra_body={"num_frames": 5})
     assert client.videos.retrieve(video.id).id == video.id
     client.videos.delete(video.id)
+
+
+def test_the_cli_takes_its_key_from_the_environment_and_exits_3_without_one(url: str) -> None:
+    assert wan(url, "list").returncode == 3
+    assert wan(url, "list", key="sk-guess").returncode == 3
+    assert wan(url, "list", key=KEY_A).returncode == 0
