@@ -11,3 +11,13 @@ fi
 # Pinned first, so no later requirement pulls the registry's newest torch with its CUDA packages.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install --quiet torch==2.13.0
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# The studio's browser test drives Debian's Chromium (never a browser downloaded by playwright). Installed where this
+# machine can (root with apt-get); elsewhere the test is skipped and says why.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }) \
+      || echo "setup: chromium could not be installed: tests/test_studio.py will be skipped"
+  else
+    echo "setup: no chromium, and no root apt-get to install it: tests/test_studio.py will be skipped"
+  fi
+fi

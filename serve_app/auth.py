@@ -17,7 +17,7 @@ from fastapi import Request
 from serve_app.errors import APIError
 
 DIGEST_PREFIX = "sha256:"
-OPEN_PATHS = ("/health",)
+OPEN_PATHS = ("/health", "/")  # and the studio's static files (a mount, which no route dependency runs on)
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def _unauthorized(message: str) -> APIError:
 
 
 async def authorize(request: Request) -> None:
-    """The one check on every route but /health: the caller goes on `request.state.caller`."""
+    """The one check on every route but OPEN_PATHS: the caller goes on `request.state.caller`."""
     keys: Keys = request.app.state.keys
     route = getattr(request.scope.get("route"), "path", None)  # the route's own path, whatever the app's prefix
     if route not in OPEN_PATHS:

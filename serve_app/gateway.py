@@ -22,7 +22,7 @@ from deployments.assets import AssetLinks
 from deployments.jobstore import Idempotency, Job, JobStatus, KeyReused, Session, Upload
 from deployments.plan import Submission
 from pipelines.variants import Task
-from serve_app import errors, openapi
+from serve_app import errors, openapi, studio
 from serve_app.auth import Keys, authorize, caller_of
 from serve_app.body import BodyLimit, read_body, read_upload, validated
 from serve_app.cards import generator_deployments, model_card, replica_states
@@ -68,6 +68,7 @@ api = FastAPI(title="wan-serve", summary="Every Wan task behind an OpenAI-compat
 errors.install(api)
 api.add_middleware(BodyLimit)  # every body within config.limits, whatever reads it
 openapi.install(api)
+studio.install(api)  # the web studio at /
 
 
 @serve.deployment(max_ongoing_requests=200, ray_actor_options={"num_cpus": 0.25})
@@ -75,12 +76,14 @@ openapi.install(api)
 class Gateway:
     def __init__(self, config: AppConfig, tracker: DeploymentHandle, flow: DeploymentHandle,
                  uploader: DeploymentHandle, keys: Keys, enhancer: DeploymentHandle | None = None) -> None:
-        api.state.keys = keys  # read by `authorize`, the dependency every route but /health runs
+        api.state.keys = keys  # read by `authorize`, the dependency every route but /health and / runs
         api.state.limits = config.limits  # read by `BodyLimit`
         if keys.open:
             log.warning("no API key is configured: the service is open to anyone who can reach it")
         if not config.api_docs:
             remove_docs(api)
+        if not config.studio:
+            studio.remove(api)
         self._config = config
         self._tracker = tracker
         self._flow = flow

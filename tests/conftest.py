@@ -131,9 +131,11 @@ def serve_url(serve_root: Path) -> Iterator[str]:
 def settled(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test on the shared app leaves no job behind to slow or skew the next one: it waits for them to end."""
     yield
-    if "serve_url" in request.fixturenames:
-        tracker = serve.get_deployment_handle("JobTracker", APP)
-        until(lambda: not tracker.queue.remote().result(), 240, "the shared app's jobs to end")
+    if "serve_url" in request.fixturenames:  # asked over HTTP: a browser test's driver runs an event loop here
+        url = request.getfixturevalue("serve_url")
+        until(lambda: not any(q["queued"] or q["in_progress"]
+                              for q in httpx.get(f"{url}/v1/queue", timeout=30).json()["data"]),
+              240, "the shared app's jobs to end")
 
 
 @pytest.fixture
