@@ -15,6 +15,7 @@ fi
 # machine can (root with apt-get); elsewhere the test is skipped and says why.
 if ! command -v chromium >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
     (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }) \
       || echo "setup: chromium could not be installed: tests/test_studio.py will be skipped"
   else

@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from sse_starlette import EventSourceResponse
 
 from deployments.assets import AssetLinks
 from deployments.jobstore import Idempotency, Job, JobStatus, KeyReused, Session, Upload
@@ -189,7 +190,7 @@ class Gateway:
         video.queue_position = state.position
         return JSONResponse(video.model_dump(), headers=self._poll)
 
-    @api.get("/v1/videos/{video_id}/events", responses=EVENTS)
+    @api.get("/v1/videos/{video_id}/events", response_class=EventSourceResponse, responses=EVENTS)
     async def video_events(self, request: Request, video_id: str, last_event_id: LastEventId = None) -> Response:
         """Progress as Server-Sent Events: `video.progress` on each change, then `video.completed`, `video.failed`
         or `video.cancelled` with the video, then the stream ends."""
@@ -287,7 +288,7 @@ class Gateway:
         job = await self._job(request, batch_id, "batch")
         return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
 
-    @api.get("/v1/images/batches/{batch_id}/events", responses=EVENTS)
+    @api.get("/v1/images/batches/{batch_id}/events", response_class=EventSourceResponse, responses=EVENTS)
     async def batch_events(self, request: Request, batch_id: str, last_event_id: LastEventId = None) -> Response:
         """Progress as Server-Sent Events: `batch.progress`, then `batch.completed` (or failed, cancelled)."""
         return await self._events(request, await self._job(request, batch_id, "batch"), last_event_id)

@@ -142,16 +142,20 @@ def test_the_create_bodies_are_in_the_document(fuzz_schema: Any) -> None:
 def no_docs_url(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     args = app_args(tmp_path_factory.mktemp(NO_DOCS), ["tiny-t2v"])
     args["api_docs"] = False
+    args["studio"] = False
     serve.run(build_app(args), name=NO_DOCS, route_prefix=f"/{NO_DOCS}")
     yield f"{serve_url}/{NO_DOCS}"
     serve.delete(NO_DOCS)
 
 
-def test_api_docs_off_removes_the_documentation(no_docs_url: str, fuzz_url: str) -> None:
+def test_api_docs_and_studio_off_remove_them(no_docs_url: str, fuzz_url: str) -> None:
     with httpx.Client(timeout=60) as client:
         for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
             assert client.get(no_docs_url + path).status_code == 404, path
             assert client.get(fuzz_url + path).status_code == 200, path  # on by default
+        for path in ("/", "/studio/", "/studio/studio.js"):  # and the studio, with `studio: false`
+            assert client.get(no_docs_url + path).status_code == 404, path
+            assert client.get(fuzz_url + path, follow_redirects=True).status_code == 200, path
         assert client.get(f"{no_docs_url}/v1/models").status_code == 200, "the API itself still answers"
 
 
