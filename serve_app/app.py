@@ -87,5 +87,6 @@ def build_app(args: dict[str, Any]) -> Application:
         stages["enhance"] = PromptEnhancer.options(num_replicas=e.num_replicas, ray_actor_options=e.ray_actor_options) \
             .bind(e.model, e.max_new_tokens, config.limits.max_prompt_chars, e.device)
     flow = FlowRunner.options(**drain).bind(generators, stages, tracker, storage.s3, config.public_url)
-    return Gateway.options(num_replicas=config.gateway_replicas).bind(config, tracker, flow, uploader, keys,
-                                                                      stages.get("enhance"))
+    gateway = Gateway.options(num_replicas=config.gateway_replicas,
+                              max_ongoing_requests=config.gateway_max_ongoing_requests)
+    return gateway.bind(config, tracker, flow, uploader, keys, stages.get("enhance"))

@@ -314,6 +314,8 @@ class AppConfig(_Strict):
     encoder_replicas: int = Field(1, ge=1)
     interpolator_replicas: int = Field(1, ge=1)
     gateway_replicas: int = Field(1, ge=1)
+    gateway_max_ongoing_requests: int = Field(1000, ge=1, description="requests one gateway replica serves at "
+                                              "once; each open event stream holds one")
 
     @model_validator(mode="after")
     def _unique(self) -> AppConfig:

@@ -72,7 +72,7 @@ openapi.install(api)
 studio.install(api)  # the web studio at /
 
 
-@serve.deployment(max_ongoing_requests=200, ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(api)
 class Gateway:
     def __init__(self, config: AppConfig, tracker: DeploymentHandle, flow: DeploymentHandle,

@@ -23,7 +23,8 @@ BINARY = {"type": "string", "format": "binary"}
 _DOCUMENTED: tuple[type[BaseModel], ...] = (VideoCreateRequest, RouteRequest, ErrorResponse, JobProgress)
 ERRORS = {"4XX": {
     "description": "refused: 400 a bad field (`param` names it), 401 no valid key, 404 no such record for this key, "
-                   "409 not in a state for this, 413 too large, 429 the queue is full (see Retry-After)",
+                   "409 not in a state for this, 413 too large, 422 unreadable media or media outside the limits, "
+                   "429 the queue is full (see Retry-After)",
     "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}}}}
 # Each runs as it is on the embedded default (tiny models) and on the real ones: "Try it out" in /docs makes a job.
 EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {

@@ -32,11 +32,21 @@ if CHROMIUM is None:
                 "the studio's browser test needs it", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extras: pip install -e .[test]")
 
-# record every width the first card's bar takes, so the test sees the bar move, not only where it ends
-WATCH_BAR = """() => { window.widths = [];
-  new MutationObserver(() => { const bar = document.querySelector('#gallery .card .bar div');
-    if (bar) window.widths.push(parseFloat(bar.style.width) || 0); })
-  .observe(document.querySelector('#gallery'), {subtree: true, childList: true, attributes: true}); }"""
+# record every width a card's bar takes, so the test sees the bar move, not only where it ends
+WATCH_BAR = """(id) => { window.widths = [];
+  const bar = document.querySelector(`#gallery .card[data-id='${id}'] .bar div`);
+  new MutationObserver(() => window.widths.push(parseFloat(bar.style.width) || 0))
+  .observe(bar, {attributes: true}); }"""
+
+THUMBNAIL_SHOWN = "id => document.querySelector(`.card[data-id='${id}'] img`).naturalWidth > 0"
+
+
+def submit(page: sync_api.Page) -> sync_api.Locator:
+    """Click Generate; the new job's card (the gallery may hold older jobs' cards)."""
+    with page.expect_response(lambda r: r.url.endswith("/v1/videos") and r.request.method == "POST") as created:
+        page.click("#submit")
+    assert created.value.status == 200, created.value.text()
+    return page.locator(f"#gallery .card[data-id='{created.value.json()['id']}']")
 
 
 @pytest.fixture(scope="module")
@@ -62,21 +72,20 @@ def test_submit_watch_the_bar_and_play_the_video(browser: sync_api.Browser, serv
     assert page.url.endswith("/studio/"), "/ leads to the studio"
     page.wait_for_selector("body[data-ready=true]")
     assert page.locator("#model option").count() > 3, "the models come from /v1/models"
-    page.evaluate(WATCH_BAR)
     page.fill("#prompt", "a lighthouse at dusk, waves breaking")
     page.select_option("#model", "tiny-t2v")
     page.fill("#seed", "7")
     page.click("details summary")
     page.fill("#num_frames", "9")
     page.fill("#num_inference_steps", "40")
-    page.click("#submit")
-    first = page.locator("#gallery .card").first
+    first = submit(page)
+    page.evaluate(WATCH_BAR, first.get_attribute("data-id"))
     sync_api.expect(first.locator(".badge")).to_have_text("completed", timeout=120_000)
     widths = page.evaluate("window.widths")
     moving = sorted({w for w in widths if 0 < w < 100})
     assert len(moving) >= 3 and widths[-1] == 100, f"the bar must move step by step: {widths}"
     assert "tiny-t2v" in first.locator(".meta").inner_text() and "9 frames" in first.locator(".stage").inner_text()
-    page.wait_for_function("() => document.querySelector('#gallery .card img').naturalWidth > 0")  # the thumbnail
+    page.wait_for_function(THUMBNAIL_SHOWN, arg=first.get_attribute("data-id"))
     page.screenshot(path=shots / "studio-desktop.png")
 
     first.locator(".play").click()
@@ -118,8 +127,7 @@ def test_drop_an_image_and_cancel_from_the_gallery(browser: sync_api.Browser, se
     page.click("details summary")
     page.fill("#num_frames", "81")
     page.fill("#num_inference_steps", "200")
-    page.click("#submit")
-    first = page.locator("#gallery .card").first
+    first = submit(page)
     sync_api.expect(first.locator(".badge")).to_have_text("in progress", timeout=60_000)
     assert "i2v" in first.locator(".meta").inner_text(), "an image makes it image-to-video"
     page.screenshot(path=shots / "studio-phone.png", full_page=True)
@@ -161,10 +169,9 @@ def test_with_a_key_the_studio_asks_for_it_keeps_it_and_plays_through_it(browser
     page.wait_for_selector("body[data-ready=true]")
     assert page.input_value("#api-key") == KEY
     page.fill("#prompt", "behind a key")
-    page.click("#submit")
-    first = page.locator("#gallery .card").first
+    first = submit(page)
     sync_api.expect(first.locator(".badge")).to_have_text("completed", timeout=120_000)
-    page.wait_for_function("() => document.querySelector('#gallery .card img').naturalWidth > 0")
+    page.wait_for_function(THUMBNAIL_SHOWN, arg=first.get_attribute("data-id"))
     first.locator(".play").click()
     page.wait_for_function("() => document.querySelector('#player-video').readyState >= 2", timeout=30_000)
     assert page.evaluate("document.querySelector('#player-video').videoWidth") == 64
