@@ -34,6 +34,7 @@ class Exit(IntEnum):
 
 OUTCOMES = {"completed": Exit.OK, "failed": Exit.FAILED, "cancelled": Exit.CANCELLED}
 app = typer.Typer(help="Make, watch and fetch Wan videos with a wan-serve service.", no_args_is_help=True,
+                  add_completion=False,
                   pretty_exceptions_enable=False)
 out = Console()
 err = Console(stderr=True)
@@ -77,7 +78,8 @@ def _wait(client: Client, job: dict[str, Any], output: Path | None) -> Exit:
             data = event.data
             if event.final:
                 final = data
-                bar.update(task, description=data["status"], completed=bar.tasks[0].total or 0)
+                done = bar.tasks[0].total if data["status"] == "completed" else data.get("step")
+                bar.update(task, description=data["status"], completed=done or 0)
                 break
             place = f" #{data['queue_position']}" if data.get("queue_position") else ""
             bar.update(task, total=data["total_steps"], completed=data["step"],
@@ -207,11 +209,15 @@ def list_videos(limit: Annotated[int, typer.Option(min=1, max=100)] = 20) -> Non
     """Your newest videos."""
     with _service() as client:
         videos = client.call("GET", "/v1/videos", params={"limit": limit})["data"]
-    table = Table("id", "status", "progress", "model", "size", "seconds", "created", "prompt")
-    for v in videos:
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(v["created_at"]))
-        table.add_row(v["id"], v["status"], f"{v['progress']}%", v["model"], v["size"], v["seconds"], created,
-                      (v.get("prompt") or "")[:40])
+    rows = [(v["id"], v["status"] if v["status"] in ("completed", "failed") else f"{v['status']} {v['progress']}%",
+             v["model"], time.strftime("%m-%d %H:%M", time.localtime(v["created_at"])), v.get("prompt") or "")
+            for v in videos]
+    table = Table(box=None, pad_edge=False)  # as `kubectl get` lists: whole ids, to copy into the next command
+    for i, name in enumerate(("id", "status", "model", "created")):
+        table.add_column(name, no_wrap=True, min_width=max([len(name)] + [len(r[i]) for r in rows]))
+    table.add_column("prompt", no_wrap=True, overflow="ellipsis")  # what gives way on a narrow terminal
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
 
 
