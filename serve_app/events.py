@@ -76,7 +76,8 @@ class Feeds:
         """Each new state of `first.job` (those after version `since`, if given) up to and including its end."""
         assert first.job is not None
         job_id = first.job.id
-        feed = self._feeds.get(job_id) or self._feeds.setdefault(job_id, _Feed(self._tracker, first))
+        if (feed := self._feeds.get(job_id)) is None:
+            feed = self._feeds[job_id] = _Feed(self._tracker, first)
         feed.listeners += 1
         seen = first.key if since is not None and since >= first.job.version else None
         try:
