@@ -45,7 +45,7 @@ class Changes:
         for loop, event in waiters:
             loop.call_soon_threadsafe(event.set)
 
-    def watched(self) -> int:
-        """How many distinct waiters there are now (one per pending watch): what listeners cost the tracker."""
+    def waiting_on(self, key: str) -> int:
+        """How many wait on `key` now."""
         with self._lock:
-            return len({w for waiters in self._waiting.values() for w in waiters})
+            return len(self._waiting.get(key, ()))

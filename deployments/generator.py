@@ -2,12 +2,18 @@
 
 The pipeline call runs in a worker thread so the replica's event loop stays free (health checks,
 metrics); `max_ongoing_requests: 1` because a diffusers pipeline is not thread-safe.
+
+A denoising step never waits on the job tracker: each step's report is sent and not awaited, and a cancel comes
+the other way, pushed by one `JobTracker.cancelled` call per generation that answers when the job is asked to
+stop; the step callback reads a flag it sets, so a cancel stops the job at the end of the step it arrives in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 
 import numpy as np
@@ -23,7 +29,6 @@ from pipelines.options import LoraSpec, SpeedOptions
 from pipelines.request import GenerationCancelled, GenerationRequest
 from pipelines.variants import get_variant
 
-REPORT_TIMEOUT_S = 30.0
 log = logging.getLogger("ray.serve")
 
 
@@ -63,20 +68,36 @@ class WanGenerator:
         `segment` numbers the generations of one job (a batch's images, a long video's windows), so
         progress adds them up.
         """
-        return await asyncio.to_thread(self._run, job_id, request, segment)
+        # Asked before the first step, and waited for: a job cancelled while queued never starts.
+        if not await self._tracker.step.remote(job_id, 0, request.num_inference_steps, segment):
+            raise GenerationCancelled("cancelled before it started")
+        stop = threading.Event()
+        watch = asyncio.create_task(self._watch_cancel(job_id, stop))
+        try:
+            return await asyncio.to_thread(self._run, job_id, request, segment, stop)
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
 
-    def _run(self, job_id: str, request: GenerationRequest, segment: int) -> np.ndarray:
+    async def _watch_cancel(self, job_id: str, stop: threading.Event) -> None:
+        """Set `stop` once the tracker says the job is to stop (a cancel, a delete, its end elsewhere)."""
+        try:
+            if await self._tracker.cancelled.remote(job_id):
+                stop.set()
+        except Exception:  # the tracker away: the generation goes on, and its owner still ends the job
+            log.exception("job %s: watching for a cancel", job_id, extra={"job_id": job_id})
+
+    def _run(self, job_id: str, request: GenerationRequest, segment: int, stop: threading.Event) -> np.ndarray:
         last = [time.perf_counter()]
 
         def on_step(done: int, total: int) -> bool:
             now = time.perf_counter()
-            if done:
-                self._metrics.step_seconds.observe(now - last[0], self._tags)
+            self._metrics.step_seconds.observe(now - last[0], self._tags)
             last[0] = now
-            return self._tracker.step.remote(job_id, done, total, segment).result(timeout_s=REPORT_TIMEOUT_S)
+            self._tracker.step.remote(job_id, done, total, segment)  # sent, not awaited: the step goes on
+            return not stop.is_set()
 
-        if not on_step(0, request.num_inference_steps):
-            raise GenerationCancelled("cancelled before it started")
         started = time.perf_counter()
         self._model.reset_peak_memory()
         frames = generate(self._model, request, on_step)

@@ -233,9 +233,19 @@ class JobTracker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), left)
 
+    async def cancelled(self, job_id: str) -> bool:
+        """Answers once the job is asked to stop (cancelled, deleted, ended or gone): True. A running generation
+        keeps one such call open, so a cancel reaches it pushed, and its steps never wait on a report."""
+        while True:
+            with self._changes.waiting(job_id) as changed:
+                job = self._store.get(job_id)
+                if job is None or job.cancel_requested or job.status.terminal:
+                    return True
+                await changed.wait()
+
     def watchers(self) -> int:
         """Watches waiting now: one per job per gateway replica with listeners, however many listen."""
-        return self._changes.watched()
+        return self._changes.waiting_on(QUEUE)  # every watch waits on the queue too; nothing else does
 
     def step(self, job_id: str, done: int, total: int, segment: int = 0) -> bool:
         """Record that `done` of `total` steps of generation `segment` are finished; False means: stop now.
@@ -246,7 +256,8 @@ class JobTracker:
             job = self._store.get(job_id)
             if job is None or job.status.terminal or (job.cancel_requested and done == 0):
                 return False  # ended, or cancelled before it started: it never starts
-            steps = {**job.segment_steps, str(segment): done}
+            # reports are not awaited, so two may arrive out of order: a segment's count only grows
+            steps = {**job.segment_steps, str(segment): max(done, job.segment_steps.get(str(segment), 0))}
             step = sum(steps.values())
             fields: dict = dict(segment_steps=steps, step=step,
                                 progress=min(99, 100 * step // max(job.total_steps, total, 1)))

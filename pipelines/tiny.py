@@ -77,7 +77,7 @@ def _vae(family: Family) -> AutoencoderKLWan:
 def _transformer(family: Family) -> WanTransformer3DModel | WanAnimateTransformer3DModel:
     common = dict(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, text_dim=TEXT_DIM, freq_dim=256,
-        ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
     )
     match family:
         case Family.VACE:

@@ -40,6 +40,7 @@ class Family(StrEnum):
 RESOLUTIONS_480 = {"480p": (832, 480), "480p-portrait": (480, 832)}
 RESOLUTIONS_512 = {"512p": (912, 512), "512p-portrait": (512, 912)}
 RESOLUTIONS_720 = {"720p": (1280, 720), "720p-portrait": (720, 1280)}
+RESOLUTIONS_704 = {"704p": (1280, 704), "704p-portrait": (704, 1280)}
 RESOLUTIONS_TINY = {"tiny": (64, 32), "tiny-portrait": (32, 64)}
 AREA_480P = 832 * 480
 # Upstream Wan's default negative prompt (wan/configs/shared_config.py), which every official example sends;
@@ -56,7 +57,8 @@ class Variant:
     """One servable Wan model.
 
     `sizes` are the named resolution presets as (width, height); any other size is accepted when both
-    sides are multiples of `size_multiple` and its area is no larger than the largest preset.
+    sides are multiples of `size_multiple` and its area is no larger than the largest preset. A tiny twin has
+    its real variant's presets besides its own, so clients can ask for real sizes; `tiny` stays its default.
     """
 
     name: str
@@ -86,6 +88,12 @@ class Variant:
     def max_area(self) -> int:
         return max(w * h for w, h in self.sizes.values())
 
+    @property
+    def default_area(self) -> int:
+        """The area of the default preset: what a job with an image and no size is fitted to."""
+        width, height = self.sizes[self.default_size]
+        return width * height
+
     def flow_shift_for(self, width: int, height: int) -> float:
         """The scheduler shift for an output size: Wan 2.1 14B models take 3.0 at 480p and 5.0 at 720p."""
         if self.flow_shift_480p is not None and width * height <= AREA_480P:
@@ -104,6 +112,9 @@ class Variant:
         return num_frames >= 1 and (num_frames - 1) % self.frame_multiple == 0
 
 
+# A tiny twin's presets: its own, then its real variant's.
+TWIN_14B = RESOLUTIONS_TINY | RESOLUTIONS_480 | RESOLUTIONS_720
+TWIN_VACE = RESOLUTIONS_TINY | RESOLUTIONS_480 | RESOLUTIONS_512 | RESOLUTIONS_720
 _T2V = (Task.T2V, Task.T2I, Task.V2V)
 _VACE = (Task.T2V, Task.VACE)
 _TI2V = (Task.T2V, Task.T2I, Task.I2V)
@@ -149,28 +160,28 @@ CATALOG: dict[str, Variant] = _catalog(
             RESOLUTIONS_480 | RESOLUTIONS_720, "720p", max_frames=77, default_frames=77, steps=20, guidance_scale=1.0,
             flow_shift=5.0, description="Wan 2.2 character animation and replacement from pose and face videos, 14B"),
     Variant("Wan2.2-TI2V-5B", Family.TI2V, "Wan-AI/Wan2.2-TI2V-5B-Diffusers", _TI2V, 24,
-            {"704p": (1280, 704), "704p-portrait": (704, 1280)}, "704p", size_multiple=32,
+            RESOLUTIONS_704, "704p", size_multiple=32,
             max_frames=121, default_frames=121, guidance_scale=5.0, flow_shift=5.0,
             description="Wan 2.2 text/image-to-video, 5B with the 48-channel VAE; 24 fps"),
     # --- Tiny twins: real pipeline classes, small random weights, for CPUs and tests -----------
-    Variant("tiny-t2v", Family.T2V, None, _T2V, 16, RESOLUTIONS_TINY, "tiny", steps=4, tiny=True,
+    Variant("tiny-t2v", Family.T2V, None, _T2V, 16, TWIN_14B, "tiny", steps=4, tiny=True,
             description="Tiny twin of Wan2.1-T2V (random weights: noise, not pictures)"),
-    Variant("tiny-i2v", Family.I2V, None, (Task.I2V,), 16, RESOLUTIONS_TINY, "tiny", steps=4, tiny=True,
+    Variant("tiny-i2v", Family.I2V, None, (Task.I2V,), 16, TWIN_14B, "tiny", steps=4, tiny=True,
             description="Tiny twin of Wan2.1-I2V (random weights: noise, not pictures)"),
-    Variant("tiny-flf2v", Family.FLF2V, None, (Task.FLF2V,), 16, RESOLUTIONS_TINY, "tiny", steps=4,
+    Variant("tiny-flf2v", Family.FLF2V, None, (Task.FLF2V,), 16, RESOLUTIONS_TINY | RESOLUTIONS_720, "tiny", steps=4,
             tiny=True, description="Tiny twin of Wan2.1-FLF2V (random weights: noise, not pictures)"),
-    Variant("tiny-vace", Family.VACE, None, _VACE, 16, RESOLUTIONS_TINY, "tiny", steps=4, tiny=True,
+    Variant("tiny-vace", Family.VACE, None, _VACE, 16, TWIN_VACE, "tiny", steps=4, tiny=True,
             description="Tiny twin of Wan2.1-VACE (random weights: noise, not pictures)"),
-    Variant("tiny-ti2v", Family.TI2V, None, _TI2V, 24, RESOLUTIONS_TINY, "tiny", size_multiple=32,
+    Variant("tiny-ti2v", Family.TI2V, None, _TI2V, 24, RESOLUTIONS_TINY | RESOLUTIONS_704, "tiny", size_multiple=32,
             max_frames=121, default_frames=121, steps=4, tiny=True,
             description="Tiny twin of Wan2.2-TI2V-5B (random weights: noise, not pictures)"),
-    Variant("tiny-a14b", Family.A14B, None, (Task.T2V, Task.T2I), 16, RESOLUTIONS_TINY, "tiny", steps=4,
+    Variant("tiny-a14b", Family.A14B, None, (Task.T2V, Task.T2I), 16, TWIN_14B, "tiny", steps=4,
             guidance_scale=4.0, guidance_scale_2=3.0, boundary_ratio=0.875, tiny=True,
             description="Tiny twin of Wan2.2-T2V-A14B (random weights: noise, not pictures)"),
-    Variant("tiny-animate", Family.ANIMATE, None, (Task.ANIMATE,), 30, RESOLUTIONS_TINY, "tiny", max_frames=77,
+    Variant("tiny-animate", Family.ANIMATE, None, (Task.ANIMATE,), 30, TWIN_14B, "tiny", max_frames=77,
             default_frames=77, steps=4, guidance_scale=1.0, flow_shift=5.0, face_size=16, tiny=True,
             description="Tiny twin of Wan2.2-Animate-14B (random weights: noise, not pictures)"),
-    Variant("tiny-i2v-a14b", Family.I2V_A14B, None, (Task.I2V, Task.FLF2V), 16, RESOLUTIONS_TINY, "tiny", steps=4,
+    Variant("tiny-i2v-a14b", Family.I2V_A14B, None, (Task.I2V, Task.FLF2V), 16, TWIN_14B, "tiny", steps=4,
             guidance_scale=3.5, guidance_scale_2=3.5, flow_shift=5.0, boundary_ratio=0.9, tiny=True,
             description="Tiny twin of Wan2.2-I2V-A14B (random weights: noise, not pictures)"),
 )

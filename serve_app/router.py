@@ -133,10 +133,10 @@ def extension_model(config: AppConfig, variant: Variant, needs_vace: bool) -> tu
 
 
 def output_size(variant: Variant, size: str | None, image: np.ndarray | None) -> tuple[int, int]:
-    """The size asked for; without one, an image's aspect ratio within the model's largest preset area, else
-    the model's default preset."""
+    """The size asked for; without one, an image's aspect ratio at the area of the model's default preset, else
+    the default preset itself."""
     if size is None and image is not None:
-        return size_for_image(image, variant.max_area, variant.size_multiple)
+        return size_for_image(image, variant.default_area, variant.size_multiple)
     return parse_size(variant, size)
 
 

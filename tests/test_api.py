@@ -177,6 +177,21 @@ def test_openai_sdk_uploads_an_image_reference(serve_url: str) -> None:
     assert (video.model, video.status) == ("tiny-i2v", "queued")
 
 
+def test_a_newcomers_first_480p_request_works_on_the_embedded_default(serve_url: str, tmp_path: Path) -> None:
+    """Tiny twins take their real variants' sizes (tiny stays their default): 480p through the openai SDK."""
+    client = OpenAI(base_url=f"{serve_url}/v1", api_key="unused")
+    video = client.videos.create(prompt="a harbour at dawn", model="tiny-t2v", size="832x480",
+                                 extra_body={"num_frames": 9, "seed": 2})
+    deadline = time.monotonic() + 240
+    while video.status not in DONE and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        video = client.videos.retrieve(video.id)
+    assert video.status == "completed", video.error
+    client.videos.download_content(video.id).write_to_file(tmp_path / "480p.mp4")
+    frames, _, _ = probe((tmp_path / "480p.mp4").read_bytes())
+    assert frames.shape == (9, 480, 832, 3)
+
+
 def test_image_url_form_key(client: httpx.Client) -> None:
     url = "data:image/png;base64," + base64.b64encode(png()).decode()
     video = create(client, data={"prompt": "pan right", "num_frames": "5", "input_reference[image_url]": url})
@@ -224,7 +239,9 @@ def test_progress_rises_step_by_step(client: httpx.Client) -> None:
 def test_cancel_stops_a_running_job_within_a_step(client: httpx.Client) -> None:
     """The tracker records every step a generator reports, also after the cancel. Diffusers decodes only after
     the last step, so a job whose recorded steps stop at the cancel (+1 in flight) never ran its VAE decode;
-    a generator that ignored the stop would run all 200 steps and decode, and `step` would say 200."""
+    a generator that ignored the stop would run all 200 steps and decode, and `step` would say 200. Step reports
+    are not awaited, so the step recorded when the cancel arrives may be one behind the generator's (a tiny
+    twin's step takes milliseconds, as long as a report's trip): hence + 2 here."""
     video = create(client, json={"prompt": "never finished", "num_frames": 81, "num_inference_steps": 200})
     while (v := client.get(f"/v1/videos/{video['id']}").json())["step"] < 3:
         assert v["status"] not in DONE, v
@@ -234,7 +251,7 @@ def test_cancel_stops_a_running_job_within_a_step(client: httpx.Client) -> None:
     cancel_step = r.json()["step"]
     v = wait_for(client, video["id"], DONE)
     assert v["status"] == "cancelled" and v["error"]["code"] == "cancelled" and v["assets"] == []
-    assert 3 <= cancel_step <= v["step"] <= cancel_step + 1 < 200, (cancel_step, v["step"])
+    assert 3 <= cancel_step <= v["step"] <= cancel_step + 2 < 200, (cancel_step, v["step"])
     assert client.get(f"/v1/videos/{video['id']}/content").status_code == 409
     again = client.post(f"/v1/videos/{video['id']}/cancel")
     assert again.status_code == 200 and again.json()["status"] == "cancelled", "cancelling twice is harmless"
@@ -294,7 +311,7 @@ def test_an_omitted_seed_is_drawn_and_reported(client: httpx.Client) -> None:
         ({"data": {"prompt": "x", "model": "tiny-t2v"}, "files": {"input_reference": ("a.png", png(), "image/png")}},
          400, "model"),
         ({"json": {"prompt": "x", "size": "65x32"}}, 400, "size"),
-        ({"json": {"prompt": "x", "size": "1280x720"}}, 400, "size"),
+        ({"json": {"prompt": "x", "size": "1296x736"}}, 400, "size"),
         ({"json": {"prompt": "x", "size": "big"}}, 400, "size"),
         ({"json": {"prompt": "x", "num_frames": 85}}, 400, "num_frames"),
         ({"json": {"prompt": "x", "num_frames": 10}}, 400, "num_frames"),

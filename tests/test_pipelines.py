@@ -209,7 +209,7 @@ def test_gpu_memory_cap_goes_to_an_indexed_device(monkeypatch: pytest.MonkeyPatc
     [
         ({"prompt": "  "}, "prompt"),
         ({"width": 70}, "size"),
-        ({"width": 640, "height": 640}, "size"),
+        ({"width": 1296, "height": 736}, "size"),  # past the largest preset, 720p
         ({"num_frames": 10}, "num_frames"),
         ({"num_frames": 85}, "num_frames"),
         ({"num_inference_steps": 0}, "num_inference_steps"),

@@ -17,7 +17,7 @@ from deployments.jobs import QueueFull
 from deployments.plan import Encode, Extend, Generate, Interpolate, Notify, Upload
 from pipelines.conditioning import GRAY
 from pipelines.request import InvalidRequest
-from pipelines.variants import WAN_NEGATIVE_PROMPT, Task
+from pipelines.variants import CATALOG, WAN_NEGATIVE_PROMPT, Task
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.errors import as_api_error
 from serve_app.router import Fields, Media, route, route_batch
@@ -77,7 +77,7 @@ def test_keyframes_fall_back_to_vace_when_no_flf2v_model_is_served() -> None:
         (Fields(prompt="x", model="tiny-t2v", task=Task.FLF2V), None, "model", "unsupported_task"),
         (Fields(prompt="x", model="tiny-t2v"), Media(image=IMAGE), "model", "unsupported_task"),
         (Fields(prompt="x", size="65x32"), None, "size", "invalid_value"),
-        (Fields(prompt="x", size="1280x720"), None, "size", "invalid_value"),
+        (Fields(prompt="x", size="1296x736"), None, "size", "invalid_value"),
         (Fields(prompt="x", size="big"), None, "size", "invalid_size"),
         (Fields(prompt="x", num_frames=85), None, "num_frames", "invalid_value"),
         (Fields(prompt="x", num_frames=10), None, "num_frames", "invalid_value"),
@@ -279,3 +279,33 @@ def test_an_overlap_as_long_as_the_window_over_a_source_clip_is_a_400_not_a_cras
     clip = np.zeros((40, 32, 64, 3), np.uint8)
     error = invalid(Fields(prompt="x", num_frames=17, overlap_frames=17), Media(video=clip, mask=clip))
     assert (error.param, error.code) == ("overlap_frames", "invalid_value")
+
+
+TWINS = [name for name, v in CATALOG.items() if v.tiny]
+
+
+@pytest.mark.parametrize("name", TWINS)
+def test_tiny_twins_take_their_real_variants_sizes_and_stay_tiny_by_default(name: str) -> None:
+    """A newcomer's first request at a real size works on the embedded default; without one, `tiny` still."""
+    twin = CATALOG[name]
+    real = {k: v for r in CATALOG.values() if r.family is twin.family and not r.tiny for k, v in r.sizes.items()}
+    presets = {k: v for k, v in twin.sizes.items() if not k.startswith("tiny")}
+    assert presets and presets.items() <= real.items(), f"{name}: {presets} are not its real variant's presets"
+    if twin.family.value == "animate":
+        return  # Animate routes only with its pose and face videos (tests/test_animate.py); the sizes are checked
+    needs_image = not {Task.T2V, Task.VACE} & set(twin.tasks)
+    media = Media(image=IMAGE, last_image=IMAGE if Task.FLF2V in twin.tasks else None) if needs_image else Media()
+    if not needs_image:
+        default = route(config([name]), Fields(prompt="x", model=name, num_frames=9), media, "video_test")
+        assert default.params["size"] == "x".join(map(str, twin.sizes["tiny"]))
+    for preset, (width, height) in presets.items():
+        routed = route(config([name]), Fields(prompt="x", model=name, num_frames=9, size=preset), media, "video_test")
+        request = routed.inputs.requests[0]
+        assert (request.width, request.height) == (width, height), (preset, routed.params["size"])
+
+
+def test_an_image_without_a_size_keeps_a_tiny_twin_tiny() -> None:
+    """An image's aspect ratio at the default preset's area: 64x32's, not 720p's, on a tiny twin."""
+    routed = route(config(["tiny-i2v"]), Fields(prompt="x"), Media(image=np.zeros((480, 832, 3), np.uint8)), "v")
+    request = routed.inputs.requests[0]
+    assert request.width * request.height <= 64 * 32 and request.width > request.height
