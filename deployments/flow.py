@@ -8,7 +8,8 @@ deployment's graceful shutdown); one that dies leaves them to the JobTracker's s
 The runner executes a job's Plan stage by stage through DeploymentHandles. Frames never come here: each
 stage's DeploymentResponse is handed to the next stage as a top-level argument, so Ray moves the uint8
 arrays through the object store from one replica to the other. The runner waits for a stage without
-fetching its result, records the next stage on the job, and stops there if the job was cancelled.
+fetching its result, records the next stage on the job (sent, not awaited), and stops there if the job was
+cancelled: one `JobTracker.cancelled` call per job answers when it is asked to stop, so that check is local.
 """
 
 from __future__ import annotations
@@ -216,14 +217,25 @@ class FlowRunner:
     async def _execute(
         self, job_id: str, plan: Plan, inputs: FlowInputs, current: list[str]
     ) -> tuple[list[dict[str, Any]], dict | None]:
+        stop = asyncio.create_task(self._asked_to_stop(job_id))
+        try:
+            return await self._run_stages(job_id, plan, inputs, current, stop)
+        finally:
+            stop.cancel()
+
+    async def _run_stages(
+        self, job_id: str, plan: Plan, inputs: FlowInputs, current: list[str], stop: asyncio.Task[bool]
+    ) -> tuple[list[dict[str, Any]], dict | None]:
         clips: list[DeploymentResponse] = []
         encoded: list[DeploymentResponse] = []
-        for stage in plan.stages:
+        for index, stage in enumerate(plan.stages):
             if isinstance(stage, Notify):
                 continue  # after the end
             current[0] = stage.kind
-            if not await self._tracker.stage.remote(job_id, stage.kind):
+            if stop.done() and stop.result():
                 raise GenerationCancelled(f"cancelled before {stage.kind}")
+            if index:  # the first stage came with the job; the store ignores a stage sent after the job's end
+                self._tracker.stage.remote(job_id, stage.kind)
             match stage:
                 case Enhance(params=p):
                     inputs = await self._enhance(job_id, p, inputs)
@@ -248,6 +260,15 @@ class FlowRunner:
                 case Upload(params=p):
                     return await self._stages["upload"].upload.remote(p.prefix, *encoded)
         raise ValueError(f"plan for {job_id} has no upload stage")
+
+    async def _asked_to_stop(self, job_id: str) -> bool:
+        """True once the tracker says the job is to stop: pushed, so a stage boundary checks a flag, not the tracker.
+        A tracker that cannot answer stops nothing (the generator has its own watch; the end is recorded here)."""
+        try:
+            return await self._tracker.cancelled.remote(job_id)
+        except Exception:
+            log.exception("job %s: watching for a cancel", job_id, extra={"job_id": job_id})
+            return False
 
     async def _enhance(self, job_id: str, params: EnhanceParams, inputs: FlowInputs) -> FlowInputs:
         """Each generation's prompt rewritten by the enhancer, recorded on the job; a timeout or an error goes on

@@ -3,9 +3,10 @@
 The pipeline call runs in a worker thread so the replica's event loop stays free (health checks,
 metrics); `max_ongoing_requests: 1` because a diffusers pipeline is not thread-safe.
 
-A denoising step never waits on the job tracker: each step's report is sent and not awaited, and a cancel comes
-the other way, pushed by one `JobTracker.cancelled` call per generation that answers when the job is asked to
-stop; the step callback reads a flag it sets, so a cancel stops the job at the end of the step it arrives in.
+A denoising step never waits on the job tracker: step reports are sent and not awaited, at most one per
+REPORT_INTERVAL_S (`StepReports`), and a cancel comes the other way, pushed by one `JobTracker.cancelled` call per
+generation that answers when the job is asked to stop; the step callback reads a flag it sets, so a cancel stops
+the job at the end of the step it arrives in.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import ray
@@ -30,6 +33,37 @@ from pipelines.request import GenerationCancelled, GenerationRequest
 from pipelines.variants import get_variant
 
 log = logging.getLogger("ray.serve")
+# Steps shorter than this are reported together: each report is a tracker write, which costs a tiny model's step
+# more than the step itself (benchmarks/serving_overhead.py); a real model's step (seconds) is reported each time.
+REPORT_INTERVAL_S = 0.2
+
+
+class StepReports:
+    """A generation's step reports: one sent (never awaited) when REPORT_INTERVAL_S has passed since the last, and
+    always the last step and the step a stop is seen at, so the job records how far it really got."""
+
+    def __init__(self, send: Callable[[int, int], object], interval_s: float = REPORT_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._send = send
+        self._interval_s = interval_s
+        self._clock = clock
+        self._sent_at = -math.inf  # the first step is reported at once
+        self._held: tuple[int, int] | None = None
+
+    def step(self, done: int, total: int, stopping: bool) -> None:
+        now = self._clock()
+        if stopping or done >= total or now - self._sent_at >= self._interval_s:
+            self._held = None
+            self._sent_at = now
+            self._send(done, total)
+        else:
+            self._held = done, total
+
+    def flush(self) -> None:
+        """Send the step held back, if any: a generation that raised still records its last step."""
+        if self._held is not None:
+            self._send(*self._held)
+            self._held = None
 
 
 @serve.deployment(max_ongoing_requests=1)
@@ -73,8 +107,18 @@ class WanGenerator:
             raise GenerationCancelled("cancelled before it started")
         stop = threading.Event()
         watch = asyncio.create_task(self._watch_cancel(job_id, stop))
+        work = asyncio.ensure_future(asyncio.to_thread(self._run, job_id, request, segment, stop))
         try:
-            return await asyncio.to_thread(self._run, job_id, request, segment, stop)
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # The caller gave up (its client or its flow runner gone): the thread stops at its next step, and this
+            # replica's one slot stays taken until it has, since the pipeline serves one call at a time.
+            stop.set()
+            await asyncio.wait({work})
+            if (error := work.exception()) is not None:
+                log.info("job %s: its caller is gone: %s: %s", job_id, type(error).__name__, error,
+                         extra={"job_id": job_id})
+            raise
         finally:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -90,17 +134,22 @@ class WanGenerator:
 
     def _run(self, job_id: str, request: GenerationRequest, segment: int, stop: threading.Event) -> np.ndarray:
         last = [time.perf_counter()]
+        reports = StepReports(lambda done, total: self._tracker.step.remote(job_id, done, total, segment))
 
         def on_step(done: int, total: int) -> bool:
             now = time.perf_counter()
             self._metrics.step_seconds.observe(now - last[0], self._tags)
             last[0] = now
-            self._tracker.step.remote(job_id, done, total, segment)  # sent, not awaited: the step goes on
-            return not stop.is_set()
+            stopping = stop.is_set()
+            reports.step(done, total, stopping)
+            return not stopping
 
         started = time.perf_counter()
         self._model.reset_peak_memory()
-        frames = generate(self._model, request, on_step)
+        try:
+            frames = generate(self._model, request, on_step)
+        finally:
+            reports.flush()
         seconds = time.perf_counter() - started
         if (peak := self._model.peak_memory_mb()) is not None:
             self._tracker.gpu_peak.remote(job_id, round(peak))

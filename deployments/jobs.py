@@ -254,7 +254,7 @@ class JobTracker:
         """
         with self._lock:
             job = self._store.get(job_id)
-            if job is None or job.status.terminal or (job.cancel_requested and done == 0):
+            if job is None or job.status.terminal or (job.cancel_requested and job.status is JobStatus.QUEUED):
                 return False  # ended, or cancelled before it started: it never starts
             # reports are not awaited, so two may arrive out of order: a segment's count only grows
             steps = {**job.segment_steps, str(segment): max(done, job.segment_steps.get(str(segment), 0))}

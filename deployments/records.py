@@ -43,7 +43,7 @@ class Job:
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     completed_at: float | None = None
-    stage: str | None = None  # the plan stage running now
+    stage: str | None = None  # the plan stage running now (or, queued, the one it waits for)
     step: int = 0  # denoising steps done, across every generation of the plan
     total_steps: int = 0
     segment_steps: dict[str, int] = field(default_factory=dict)  # steps done per generation

@@ -81,7 +81,8 @@ class ModelConfig(_Strict):
     default_for: list[Task] = Field(default_factory=list, description="tasks this model serves by default")
     num_replicas: int | None = Field(None, ge=1, description="a fixed replica count (default 1), "
                                                              "or set autoscaling_config instead")
-    autoscaling_config: dict[str, Any] | None = None
+    autoscaling_config: dict[str, Any] | None = Field(None, description="Ray Serve's AutoscalingConfig; "
+                                                      "min_replicas 0 scales the model to zero while idle")
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
     max_queued_jobs: int = Field(64, ge=1, description="queued + running jobs before 429")
     defaults: QualityDefaults = QualityDefaults()
@@ -169,6 +170,15 @@ class ModelConfig(_Strict):
         if d.flow_shift is not None:
             changes["flow_shift_480p"] = None
         return replace(get_variant(self.name), **changes)
+
+    @property
+    def replica_bounds(self) -> tuple[int, int]:
+        """The fewest and most generator replicas: a fixed count, or autoscaling's bounds (Ray's defaults if unset)."""
+        if self.autoscaling_config is None:
+            count = self.num_replicas or 1
+            return count, count
+        scaling = AutoscalingConfig(**self.autoscaling_config)
+        return scaling.min_replicas, scaling.max_replicas
 
     @property
     def num_gpus(self) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -24,23 +24,36 @@ from serve_app.service_schemas import JobProgress
 
 log = logging.getLogger("ray.serve")
 RETRY_S = 1.0  # a failed watch (the tracker restarting) is tried again after this
+STARTING = "starting"  # the stage a queued job shows while its model has no running replica
+Waiting = Callable[[Job | None], Awaitable[str | None]]  # why a queued job waits, in words (cards.py:Generators)
+
+
+async def _not_waiting(job: Job | None) -> str | None:
+    return None
 
 
 @dataclass(frozen=True)
 class State:
     job: Job | None  # None: the job is gone (deleted)
     position: int | None  # its place in its model's queue while queued
+    waiting: str | None = None  # set while its model is starting: "model m is starting (...)"
 
     @property
-    def key(self) -> tuple[int, int | None] | None:
-        return None if self.job is None else (self.job.version, self.position)
+    def key(self) -> tuple[int, int | None, str | None] | None:
+        return None if self.job is None else (self.job.version, self.position, self.waiting)
+
+    @property
+    def stage(self) -> str | None:
+        """The job's stage as clients see it: `starting` while it waits for its model's first replica."""
+        return STARTING if self.waiting else self.job.stage if self.job else None
 
 
 class _Feed:
     """One job's newest state on this replica, kept by one watch on the tracker, for every listener of the job."""
 
-    def __init__(self, tracker: DeploymentHandle, first: State) -> None:
+    def __init__(self, tracker: DeploymentHandle, first: State, waiting: Waiting) -> None:
         self.state = first
+        self._waiting = waiting
         self.listeners = 0
         self._changed = asyncio.Condition()
         self.task = asyncio.create_task(self._watch(tracker))
@@ -48,7 +61,8 @@ class _Feed:
     async def _watch(self, tracker: DeploymentHandle) -> None:
         while (job := self.state.job) is not None and not job.status.terminal:
             try:
-                found = State(*await tracker.watch.remote(job.id, job.version, self.state.position))
+                now, position = await tracker.watch.remote(job.id, job.version, self.state.position)
+                found = State(now, position, await self._waiting(now))
             except Exception:
                 log.exception("watching %s", job.id, extra={"job_id": job.id})
                 await asyncio.sleep(RETRY_S)
@@ -68,8 +82,9 @@ class _Feed:
 class Feeds:
     """The jobs this replica's listeners follow: a feed starts with its first listener and stops with its last."""
 
-    def __init__(self, tracker: DeploymentHandle) -> None:
+    def __init__(self, tracker: DeploymentHandle, waiting: Waiting = _not_waiting) -> None:
         self._tracker = tracker
+        self._waiting = waiting
         self._feeds: dict[str, _Feed] = {}
 
     async def follow(self, first: State, since: int | None) -> AsyncIterator[State]:
@@ -77,7 +92,7 @@ class Feeds:
         assert first.job is not None
         job_id = first.job.id
         if (feed := self._feeds.get(job_id)) is None:
-            feed = self._feeds[job_id] = _Feed(self._tracker, first)
+            feed = self._feeds[job_id] = _Feed(self._tracker, first, self._waiting)
         feed.listeners += 1
         seen = first.key if since is not None and since >= first.job.version else None
         try:
@@ -94,9 +109,12 @@ class Feeds:
                 self._feeds.pop(job_id, None)
 
 
-def _progress(job: Job, position: int | None) -> str:
+def _progress(state: State) -> str:
+    job = state.job
+    assert job is not None
     return JobProgress(id=job.id, status=job.status.value, progress=job.progress, step=job.step,
-                       total_steps=job.total_steps, stage=job.stage, queue_position=position).model_dump_json()
+                       total_steps=job.total_steps, stage=state.stage, stage_detail=state.waiting,
+                       queue_position=state.position).model_dump_json()
 
 
 def event_stream(feeds: Feeds, first: State, last_event_id: str | None, view: Callable[[Job], BaseModel],
@@ -121,7 +139,7 @@ def event_stream(feeds: Feeds, first: State, last_event_id: str | None, view: Ca
                 yield ServerSentEvent(json.dumps(view(now).model_dump()), id=str(now.version),
                                       event=f"{now.kind}.{now.status.value}")
             else:
-                yield ServerSentEvent(_progress(now, state.position), id=str(now.version), event=f"{now.kind}.progress")
+                yield ServerSentEvent(_progress(state), id=str(now.version), event=f"{now.kind}.progress")
 
     return EventSourceResponse(events(), ping=keepalive_s, headers={"Cache-Control": "no-store"})
 

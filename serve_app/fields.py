@@ -84,7 +84,8 @@ class Routed:
         """The routed job as the flow runner takes it."""
         job = Job(id=job_id, kind=kind, model=self.variant.name, task=self.plan.task, prompt=fields.prompt,
                   plan=self.plan.model_dump(), params=self.params, session_id=fields.session_id,
-                  webhook_url=fields.webhook_url, total_steps=self.plan.total_steps, key_id=key_id)
+                  webhook_url=fields.webhook_url, total_steps=self.plan.total_steps, key_id=key_id,
+                  stage=self.plan.stages[0].kind)  # what it waits for; the flow runner records the later ones
         return Submission(job=job, plan=self.plan, inputs=self.inputs)
 
 

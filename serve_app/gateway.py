@@ -26,7 +26,7 @@ from pipelines.variants import Task
 from serve_app import errors, openapi, studio
 from serve_app.auth import Keys, authorize, caller_of
 from serve_app.body import BodyLimit, read_body, read_upload, validated
-from serve_app.cards import generator_deployments, model_card, replica_states
+from serve_app.cards import Generators, generator_deployments, model_card, replica_states
 from serve_app.config import AppConfig
 from serve_app.content import asset_response
 from serve_app.errors import APIError
@@ -91,7 +91,8 @@ class Gateway:
         self._uploader = uploader
         self._enhancer = enhancer  # reads queries in words for /v1/route, where one is configured
         self._media = MediaResolver(tracker, uploader, config)
-        self._feeds = Feeds(tracker)  # SSE listeners of this replica, one tracker watch per job
+        self._generators = Generators(config)  # Serve's replica states, briefly cached, for a queued job's stage
+        self._feeds = Feeds(tracker, self._generators.waiting)  # SSE listeners here, one tracker watch per job
         self._links = AssetLinks(config.storage.s3)  # URLs only: files are the Uploader's
         self._poll = {"openai-poll-after-ms": str(config.poll_after_ms)}
 
@@ -108,7 +109,8 @@ class Gateway:
 
     async def _state(self, job: Job) -> State:
         queued = job.status is JobStatus.QUEUED
-        return State(job, await self._tracker.queue_position.remote(job.id) if queued else None)
+        position = await self._tracker.queue_position.remote(job.id) if queued else None
+        return State(job, position, await self._generators.waiting(job))
 
     async def _events(self, request: Request, job: Job, last_event_id: str | None) -> Response:
         return event_stream(self._feeds, await self._state(job), last_event_id, lambda j: self._view(j, request),
@@ -187,7 +189,7 @@ class Gateway:
     async def get_video(self, request: Request, video_id: str) -> JSONResponse:
         state = await self._state(await self._job(request, video_id))
         video = self._view(state.job, request)
-        video.queue_position = state.position
+        video.queue_position, video.stage, video.stage_detail = state.position, state.stage, state.waiting
         return JSONResponse(video.model_dump(), headers=self._poll)
 
     @api.get("/v1/videos/{video_id}/events", response_class=EventSourceResponse, responses=EVENTS)

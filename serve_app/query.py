@@ -74,14 +74,16 @@ def answer_query(config: AppConfig, body: RouteRequest, media: Media, job_id: st
 
 def unavailable_models(config: AppConfig, counts: dict[str, dict[str, int]],
                        replicas: dict[str, dict[str, int]]) -> dict[str, str]:
-    """Why each served model cannot take a job now: no running replica, or its admission limit reached."""
+    """Why each served model cannot take a job now: no running replica, or its admission limit reached. A model with
+    no running replica is still routed to where no other can do the task: its job waits while a replica starts."""
     why = {}
     for m in config.models:
         active = sum(counts.get(m.name, {}).values())
         if active >= m.max_queued_jobs:
             why[m.name] = f"it is at its admission limit ({active} of {m.max_queued_jobs} jobs)"
         elif not replicas.get(m.name, {}).get("RUNNING"):
-            why[m.name] = "it has no running replica"
+            why[m.name] = "it has no running replica" + (" (it scales to zero: one would start for this job)"
+                                                         if m.replica_bounds[0] == 0 else "")
     return why
 
 

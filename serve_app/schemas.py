@@ -198,7 +198,10 @@ class Video(_Tuned):
     resize_policy: str | None = Field(None, description="how the input images were fitted; none without images")
     step: int
     total_steps: int
-    stage: str | None
+    stage: str | None = Field(description="the plan stage running now (generate, encode, ...); `starting` while "
+                                          "queued for a model with no running replica (scaled to zero)")
+    stage_detail: str | None = Field(None, description="why a queued job waits, in words, e.g. 'model tiny-t2v is "
+                                                       "starting (0 replicas running, 1 starting)'")
     queue_position: int | None = Field(None, description="1: next to start on its model; set while queued")
     session_id: str | None
     plan: dict[str, Any]

@@ -17,6 +17,17 @@ class AdapterCard(BaseModel):
     scales: dict[str, float] = Field(description="each expert's scale (transformer_2: Wan 2.2's low-noise expert)")
 
 
+class ScalingCard(BaseModel):
+    """How many generator replicas a model runs: fixed, or autoscaled between bounds."""
+
+    min_replicas: int = Field(description="0: the model scales to zero and holds no replica (no GPU) while idle")
+    max_replicas: int
+    scales_to_zero: bool = Field(description="the first job after an idle spell waits `queued`, stage `starting`, "
+                                             "while a replica starts")
+    running: int = Field(description="replicas running now")
+    summary: str = Field(description="the replicas now in words, e.g. '0 running: starts on the first job'")
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -32,6 +43,7 @@ class ModelCard(BaseModel):
     gpu_memory_fraction: float | None = Field(description="each replica's cap on its card's memory")
     replicas: dict[str, Any] = Field(description="the generator deployment's status, replicas by state, and "
                                                  "Serve's message (why replicas are pending, for one)")
+    scaling: ScalingCard
     adapters: list[AdapterCard] = Field(default_factory=list)
     presets: dict[str, dict[str, Any]] = Field(default_factory=dict, description="what each preset sets")
     job_types: dict[str, str] = Field(default_factory=dict, description="the preset each job type runs")
@@ -65,5 +77,7 @@ class JobProgress(BaseModel):
     progress: int = Field(description="percent of the denoising steps done")
     step: int = Field(description="denoising steps done, over every generation of the job's plan")
     total_steps: int
-    stage: str | None = Field(None, description="the plan stage running now: generate, interpolate, encode, ...")
+    stage: str | None = Field(None, description="the plan stage running now: generate, interpolate, encode, ...; "
+                                                "`starting` while queued for a model with no running replica")
+    stage_detail: str | None = Field(None, description="why a queued job waits, in words (its model starting)")
     queue_position: int | None = Field(None, description="1: the next of its model's queued jobs to start")

@@ -60,3 +60,13 @@ def test_generator_placement_follows_the_model_config() -> None:
     assert options["graceful_shutdown_timeout_s"] >= 600
     assert m.memory_fraction == 0.5  # two replicas share a card, each capped at half of it
     assert ModelConfig(name="Wan2.1-T2V-14B", ray_actor_options={"num_gpus": 1}).memory_fraction is None
+
+
+def test_a_generator_may_scale_to_zero() -> None:
+    zero = {"min_replicas": 0, "max_replicas": 2, "downscale_delay_s": 5, "downscale_to_zero_delay_s": 60}
+    m = load_config({"models": [{"name": "tiny-t2v", "autoscaling_config": zero}]}).models[0]
+    assert generator_options(m)["autoscaling_config"] == zero  # initial_replicas unset: Ray starts it at min, 0
+    assert m.replica_bounds == (0, 2)
+    assert ModelConfig(name="tiny-t2v").replica_bounds == (1, 1)
+    with pytest.raises(ConfigError, match="initial_replicas"):
+        load_config({"models": [{"name": "tiny-t2v", "autoscaling_config": zero | {"initial_replicas": 3}}]})

@@ -51,6 +51,7 @@ class Tracker:
         self.jobs: dict[str, Job] = {}
         self.finished: list[tuple[str, JobStatus, tuple[str, str] | None]] = []
         self.deleted: list[str] = []
+        self.stopping: dict[str, asyncio.Event] = {}
         self.max_active = max_active
 
     def create(self, jobs: list[Job], max_active: int, max_per_key: int | None = None,
@@ -62,14 +63,24 @@ class Tracker:
     def stage(self, job_id: str, kind: str) -> bool:
         return not self.jobs[job_id].cancel_requested
 
+    async def cancelled(self, job_id: str) -> bool:
+        """Answers once the job is asked to stop, woken by `cancel` or `finish` as the store's signal wakes it."""
+        await self._stopping(job_id).wait()
+        return True
+
+    def _stopping(self, job_id: str) -> asyncio.Event:
+        return self.stopping.setdefault(job_id, asyncio.Event())
+
     def finish(self, job_id: str, status: JobStatus, assets: list | None = None, error: tuple | None = None,
                upload: dict | None = None) -> Job:
         self.finished.append((job_id, status, error))
+        self._stopping(job_id).set()
         job = self.jobs[job_id] = replace(self.jobs[job_id], status=status, assets=assets or [])
         return job
 
     def cancel(self, job_id: str, delete: bool = False) -> Job:
         job = self.jobs[job_id] = replace(self.jobs[job_id], cancel_requested=True, delete_requested=delete)
+        self._stopping(job_id).set()
         return job
 
     def get(self, job_id: str) -> Job:
@@ -83,10 +94,12 @@ class Tracker:
 
 
 class Generator:
-    """Makes "frames" at once, or, with `hold`, only once released; stops when its job is cancelled."""
+    """Makes "frames" at once, or, with `hold`, only once released; stops when its job is cancelled, unless it is
+    `past_its_last_step` (a cancel that came as it finished)."""
 
-    def __init__(self, tracker: Tracker, hold: bool = False, fail: bool = False) -> None:
-        self.tracker, self.fail = tracker, fail
+    def __init__(self, tracker: Tracker, hold: bool = False, fail: bool = False,
+                 past_its_last_step: bool = False) -> None:
+        self.tracker, self.fail, self.past_its_last_step = tracker, fail, past_its_last_step
         self.started = asyncio.Event()
         self.release = asyncio.Event()
         if not hold:
@@ -95,7 +108,7 @@ class Generator:
     async def generate(self, job_id: str, request: Any, segment: int = 0) -> str:
         self.started.set()
         while not self.release.is_set():
-            if self.tracker.jobs[job_id].cancel_requested:
+            if self.tracker.jobs[job_id].cancel_requested and not self.past_its_last_step:
                 raise GenerationCancelled("stopped")
             await asyncio.sleep(0.01)
         if self.fail:
@@ -107,8 +120,10 @@ class Stages:
     def __init__(self) -> None:
         self.notified: list[dict] = []
         self.deleted_assets: list[list] = []
+        self.encoded = 0
 
     async def encode(self, *clips: Any, outputs: list, audio: bytes | None = None) -> list[str]:
+        self.encoded += 1
         return [await c for c in clips]
 
     async def upload(self, prefix: str, *encoded: Any) -> tuple[list[dict], None]:
@@ -138,9 +153,9 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Any:
     context = SimpleNamespace(replica_id=SimpleNamespace(to_full_id_str=lambda: OWNER))
     monkeypatch.setattr(flow.serve, "get_replica_context", lambda: context)
 
-    def build(hold: bool = False, fail: bool = False) -> SimpleNamespace:
+    def build(hold: bool = False, fail: bool = False, past_its_last_step: bool = False) -> SimpleNamespace:
         tracker, stages = Tracker(), Stages()
-        generator = Generator(tracker, hold, fail)
+        generator = Generator(tracker, hold, fail, past_its_last_step)
         handles = {k: FakeHandle(stages) for k in ("encode", "upload", "notify")}
         runner = flow.FlowRunner.func_or_class({"tiny-t2v": FakeHandle(generator)}, handles, FakeHandle(tracker))
 
@@ -191,6 +206,22 @@ def test_a_cancelled_job_stops_and_ends_cancelled(world: Any) -> None:
         w.tracker.cancel("video_1")
         await ended(w.runner)
         assert w.tracker.finished == [("video_1", JobStatus.CANCELLED, ("cancelled", "cancelled by request"))]
+
+    run(main())
+
+
+def test_a_cancel_after_the_generation_stops_the_job_before_its_next_stage(world: Any) -> None:
+    """The cancel reaches the runner pushed (its one `cancelled` call per job), so the next stage boundary stops
+    the job without asking the tracker."""
+    async def main() -> None:
+        w = world(hold=True, past_its_last_step=True)
+        await w.runner.submit([submission()], max_active=4)
+        await w.generator.started.wait()
+        w.tracker.cancel("video_1")
+        w.generator.release.set()
+        await ended(w.runner)
+        assert w.tracker.finished == [("video_1", JobStatus.CANCELLED, ("cancelled", "cancelled by request"))]
+        assert w.stages.encoded == 0, "the clip was encoded after the cancel"
 
     run(main())
 

@@ -277,3 +277,25 @@ def test_content_entering_or_leaving_comes_from_the_frame_that_shows_it() -> Non
     made = interpolate(kept, 16, 32)[1::2]
     for side in (np.s_[..., :5, :], np.s_[..., -5:, :]):
         assert psnr(made[side], truth[side]) > 35, f"PSNR at the edge {psnr(made[side], truth[side]):.2f} dB"
+
+
+@pytest.mark.parametrize(("num_cpus", "threads"), [(0.5, 1), (1, 1), (2.5, 2), (4, 4)])
+def test_replica_bounds_opencv_threads_by_its_cpus(
+    monkeypatch: pytest.MonkeyPatch, num_cpus: float, threads: int
+) -> None:
+    """An Interpolator replica runs OpenCV on the CPUs Ray reserved for it, not on every core of the node."""
+    import ray
+
+    from deployments.interpolator import Interpolator
+
+    class Context:
+        def get_assigned_resources(self) -> dict[str, float]:
+            return {"CPU": num_cpus}
+
+    monkeypatch.setattr(ray, "get_runtime_context", Context)
+    before = cv2.getNumThreads()
+    try:
+        Interpolator.func_or_class()
+        assert cv2.getNumThreads() == threads
+    finally:
+        cv2.setNumThreads(before)
