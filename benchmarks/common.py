@@ -29,6 +29,7 @@ from pipelines.request import GenerationRequest
 from pipelines.variants import Task, get_variant
 from pipelines.video import encode_mp4, thumbnail_webp
 from serve_app.app import build_app
+from wan_client.client import dispatched
 
 MODEL = "tiny-t2v"
 WIDTH, HEIGHT = 64, 32
@@ -75,7 +76,7 @@ def http_job(
         video_id = created.json()["id"]
         with connect_sse(client, "GET", f"/v1/videos/{video_id}/events") as events:
             events.response.raise_for_status()
-            final = next(e for e in events.iter_sse() if not e.event.endswith(".progress"))
+            final = next(e for e in dispatched(events) if not e.event.endswith(".progress"))
         if final.event != "video.completed":
             raise RuntimeError(f"{video_id} ended {final.event}: {json.loads(final.data).get('error')}")
         content = client.get(f"/v1/videos/{video_id}/content")

@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 from deployments.jobstore import Job, JobStatus
 from serve_app.events import Feeds, State, event_stream
 from tests.conftest import APP, until
+from wan_client.client import Client
 
 LISTENERS = 100
 
@@ -191,3 +192,16 @@ def test_a_finished_jobs_last_event_id_gets_204() -> None:
     assert response.status_code == 204
     # a Last-Event-ID that is no version of ours is ignored, not an error
     assert event_stream(Feeds(FakeTracker(job)), State(job, None), "x", lambda j: j, 15).status_code == 200  # type: ignore
+
+
+def test_the_clients_events_pass_over_keepalives() -> None:
+    # The bytes the service sends for a job that waits: an event, a keepalive comment, the final event. httpx-sse
+    # alone yields an empty third event for the comment (it keeps the last id), which the CLI would parse as JSON.
+    body = (b'id: 1\r\nevent: video.progress\r\ndata: {"step": 1}\r\n\r\n: ping - 2026-12-04\r\n\r\n'
+            b'id: 2\r\nevent: video.completed\r\ndata: {"status": "completed"}\r\n\r\n')
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, content=body,
+                                                             headers={"content-type": "text/event-stream"}))
+    with Client("http://wan", transport=transport) as client:
+        events = list(client.events("/v1/videos/video_1/events"))
+    assert [(e.name, e.data) for e in events] == [("video.progress", {"step": 1}),
+                                                   ("video.completed", {"status": "completed"})]

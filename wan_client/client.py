@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from httpx_sse import SSEError, connect_sse
+from httpx_sse import EventSource, ServerSentEvent, SSEError, connect_sse
 
 RECONNECTS = 5  # dropped event streams resumed in a row before giving up
 
@@ -38,6 +38,13 @@ class Event:
         return not self.name.endswith(".progress")
 
 
+def dispatched(source: EventSource) -> Iterator[ServerSentEvent]:
+    """The events of an SSE stream that carry data, the only ones the spec dispatches: once an event had an id,
+    httpx-sse also yields an empty one for each keepalive comment (florimondmanca/httpx-sse#35), and the service
+    sends a keepalive every `events_keepalive_s`."""
+    return (sse for sse in source.iter_sse() if sse.data)
+
+
 def _raise_for(response: httpx.Response) -> None:
     if response.is_success:
         return
@@ -56,9 +63,11 @@ def media_file(field: str, path: Path) -> tuple[str, tuple[str, bytes, str]]:
 
 
 class Client:
-    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 60.0) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 60.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s,
+                                  transport=transport)
 
     def __enter__(self) -> Client:
         return self
@@ -93,7 +102,7 @@ class Client:
                     if source.response.status_code == 204:
                         return  # its final event was the last one seen
                     _raise_for(source.response)
-                    for sse in source.iter_sse():
+                    for sse in dispatched(source):
                         last_id, drops = sse.id or last_id, 0
                         event = Event(sse.event, json.loads(sse.data))
                         yield event
