@@ -5,7 +5,7 @@
 (a) direct: tiny-t2v loaded once, then per job `generate` + `encode_mp4` + `thumbnail_webp` in this process, with
     one torch thread (what a generator replica gets).
 (b) HTTP: a real Ray Serve app started in-process serving only tiny-t2v; per job POST /v1/videos, follow its
-    events (SSE) to the final one, GET its content. See `benchmarks/common.py`.
+    events (SSE) to the final one, GET its content. See `benchmarks/_common.py`.
 
 For each step count the two paths alternate, `runs` times each after one warm-up each, and their medians are
 compared. The overhead (HTTP - direct) is fitted as a line over the step counts: its intercept is the fixed cost
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import HEIGHT, MODEL, SEED, WIDTH, deploy, direct_job, http_job, serving, timed
+from benchmarks._common import HEIGHT, MODEL, SEED, WIDTH, deploy, direct_job, http_job, serving, timed
 
 FIXED_MS, PER_STEP_MS, RATIO = 30.0, 1.0, 1.05  # issue 15's targets
 
