@@ -3,8 +3,8 @@
     python -m benchmarks.concurrency [--jobs 8] [--steps 200] [--frames 81] [--size 128x64] [--runs 1]
 
 The baseline runs `jobs` jobs one after another directly through `pipelines/` in this process with one torch
-thread (`benchmarks/_common.py`: generate, MP4, thumbnail). Then a real Ray Serve app serving tiny-t2v takes the
-same jobs all at once over HTTP (POST each, follow its events, GET its content), first with one generator replica
+thread (`serving_overhead.direct_job`: generate, MP4, thumbnail). Then a real Ray Serve app serving tiny-t2v takes
+the same jobs all at once over HTTP (POST each, follow its events, GET its content), first with one generator replica
 and then with two; each replica has one torch thread, so two replicas use both of this machine's 2 cores and the
 rest of the service (gateway, flow runner, tracker, encoder, uploader) shares them. Throughput is jobs per second
 from the first POST to the last content; each configuration warms up with one job per replica first.
@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from benchmarks._common import HEIGHT, MODEL, WIDTH, deploy, direct_job, http_job, serving
+from benchmarks.serving_overhead import HEIGHT, MODEL, WIDTH, deploy, direct_job, http_job, serving
 
 TARGETS = {1: 0.95, 2: 1.8}  # issue 15: throughput over back-to-back direct calls, by generator replicas
 
