@@ -20,7 +20,7 @@ from deployments.encoder import VideoEncoder
 from deployments.enhancer import PromptEnhancer
 from deployments.extender import Extender
 from deployments.flow import FlowRunner
-from deployments.generator import WanGenerator
+from deployments.generator import HELD_REQUESTS, WanGenerator
 from deployments.interpolator import Interpolator
 from deployments.jobs import JobTracker
 from deployments.notifier import Notifier
@@ -45,7 +45,7 @@ def generator_options(m: ModelConfig) -> dict[str, Any]:
     options: dict[str, Any] = dict(
         name=generator_name(m.name),
         ray_actor_options=m.ray_actor_options,
-        max_ongoing_requests=1,  # a diffusers pipeline is not thread-safe
+        max_ongoing_requests=HELD_REQUESTS,  # the generation running and the next, which waits its turn in the replica
         graceful_shutdown_timeout_s=m.graceful_shutdown_timeout_s,
     )
     if m.autoscaling_config is not None:

@@ -20,17 +20,17 @@ def running_replicas() -> int:
 
 
 def test_a_burst_scales_a_generator_up_and_back_down(serve_url: str, tmp_path) -> None:
-    # Serve's handles push their queue lengths every 10 s (RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S), so
-    # the controller's look-back spans one push, and the burst below outlasts a push on one replica.
+    # Serve's handles push their queue lengths every `metrics_interval_s` (10 s by default): half a second here, so the
+    # controller sees the burst within a second, and the look-back spans a few pushes.
     autoscaling = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
-                   "upscale_delay_s": 0, "downscale_delay_s": 2, "look_back_period_s": 10}
+                   "upscale_delay_s": 0, "downscale_delay_s": 2, "metrics_interval_s": 0.5, "look_back_period_s": 2}
     serve.run(build_app(app_args(tmp_path, ["tiny-t2v"], autoscaling_config=autoscaling)), name=APP,
               route_prefix=f"/{APP}")
     try:
         assert running_replicas() == 1
         with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
             # jobs long enough (seconds each on a tiny twin) that the queue outlives the autoscaler's reaction
-            body = {"prompt": "a crowd", "size": "160x96", "num_frames": 81, "num_inference_steps": 120}
+            body = {"prompt": "a crowd", "size": "160x96", "num_frames": 81, "num_inference_steps": 60}
             burst = [client.post("/v1/videos", json=body).json()["id"] for _ in range(6)]
             scale_up_s = until(lambda: running_replicas() >= 2, 180, "a scale-up")
             print(f"burst of 6 jobs -> a second replica RUNNING after {scale_up_s:.1f} s")

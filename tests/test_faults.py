@@ -31,7 +31,9 @@ from tests.loopback import QuietHandler, loopback_server
 from tests.media import probe
 
 DONE = {"completed", "failed", "cancelled"}
-LONG = {"num_frames": 81, "num_inference_steps": 200}  # seconds on CPU: still running when its replica dies
+# Seconds on 2 cores (at the default 64x32 it ended in 1.3 s, before the 1 s sweep could stop it): still running when
+# its replica dies.
+LONG = {"num_frames": 81, "num_inference_steps": 200, "size": "160x96"}
 SWEEP_S = 1.0  # the tracker's sweep for jobs whose flow runner is gone (30 s by default)
 LEAKS = ("actor", "pid", "ip=", "192.", "127.0.0.1", "SERVE_REPLICA", "/")  # Ray's error text; none may reach a job
 
