@@ -1,9 +1,7 @@
 """WanGenerator: one deployment class, bound once per variant; each replica loads its model once.
 
 The pipeline call runs in a worker thread so the replica's event loop stays free (health checks,
-metrics). A diffusers pipeline is not thread-safe, so generations take turns; a replica holds the next request
-while one runs (`HELD_REQUESTS`), so it starts that one the moment the last ends. Left in Serve's router instead,
-a waiting request retries a busy replica with a backoff that grows to 0.5 s: an idle gap after every job.
+metrics); `max_ongoing_requests: 1` because a diffusers pipeline is not thread-safe.
 
 A denoising step never waits on the job tracker: step reports are sent and not awaited, at most one per
 REPORT_INTERVAL_S (`StepReports`), and a cancel comes the other way, pushed by one `JobTracker.cancelled` call per
@@ -40,9 +38,6 @@ log = logging.getLogger("ray.serve")
 # HTTP jobs of 200 steps with and without them). Twice a second is as often as a progress bar redraws; a real
 # model's step (seconds) is reported each time.
 REPORT_INTERVAL_S = 0.5
-# Requests a replica takes at once (its max_ongoing_requests): the generation running and the next, waiting its turn.
-# More would pin waiting jobs to a replica that a newly started one cannot take them from.
-HELD_REQUESTS = 2
 
 
 class StepReports:
@@ -73,7 +68,7 @@ class StepReports:
             self._held = None
 
 
-@serve.deployment(max_ongoing_requests=HELD_REQUESTS)
+@serve.deployment(max_ongoing_requests=1)
 class WanGenerator:
     def __init__(
         self,
@@ -95,7 +90,6 @@ class WanGenerator:
         self._tracker = tracker
         self._metrics = GeneratorMetrics()
         self._tags = {"model": model}
-        self._turn = asyncio.Lock()  # one generation at a time
         self._metrics.load_seconds.observe(time.perf_counter() - started, self._tags)
         # The device is what torch sees; Ray's GPU ids are the card(s) it placed this replica on.
         gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
@@ -108,12 +102,8 @@ class WanGenerator:
         """Frames (FxHxWx3 uint8) for `request`, reporting each step to the job tracker.
 
         `segment` numbers the generations of one job (a batch's images, a long video's windows), so
-        progress adds them up. A request that arrives while another runs waits its turn here, still queued.
+        progress adds them up.
         """
-        async with self._turn:
-            return await self._generate(job_id, request, segment)
-
-    async def _generate(self, job_id: str, request: GenerationRequest, segment: int) -> np.ndarray:
         # Asked before the first step, and waited for: a job cancelled while queued never starts.
         if not await self._tracker.step.remote(job_id, 0, request.num_inference_steps, segment):
             raise GenerationCancelled("cancelled before it started")
@@ -123,8 +113,8 @@ class WanGenerator:
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
-            # The caller gave up (its client or its flow runner gone): the thread stops at its next step, and the
-            # next request's turn waits until it has, since the pipeline serves one call at a time.
+            # The caller gave up (its client or its flow runner gone): the thread stops at its next step, and this
+            # replica's one slot stays taken until it has, since the pipeline serves one call at a time.
             stop.set()
             await asyncio.wait({work})
             if (error := work.exception()) is not None:

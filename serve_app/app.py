@@ -20,7 +20,7 @@ from deployments.encoder import VideoEncoder
 from deployments.enhancer import PromptEnhancer
 from deployments.extender import Extender
 from deployments.flow import FlowRunner
-from deployments.generator import HELD_REQUESTS, WanGenerator
+from deployments.generator import WanGenerator
 from deployments.interpolator import Interpolator
 from deployments.jobs import JobTracker
 from deployments.notifier import Notifier
@@ -45,7 +45,10 @@ def generator_options(m: ModelConfig) -> dict[str, Any]:
     options: dict[str, Any] = dict(
         name=generator_name(m.name),
         ray_actor_options=m.ray_actor_options,
-        max_ongoing_requests=HELD_REQUESTS,  # the generation running and the next, which waits its turn in the replica
+        # One job per replica: a diffusers pipeline is not thread-safe, and a job waiting for a busy replica stays in
+        # the caller's router, so whichever replica frees first takes it (a replica holding the next job would keep it
+        # behind a long one while another replica sits idle).
+        max_ongoing_requests=1,
         graceful_shutdown_timeout_s=m.graceful_shutdown_timeout_s,
     )
     if m.autoscaling_config is not None:

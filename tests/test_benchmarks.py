@@ -18,6 +18,7 @@ SMOKES = [
     ("serving_overhead", "same MP4 bytes from both paths: yes"),  # the service does exactly the direct work
     ("concurrency", "every job made the direct path's MP4: yes"),
     ("gpu_step_time", "every configuration made the same frame shape: yes"),
+    ("job_timeline", "job at the client:"),  # it found the job's generator and encoder calls in Serve's logs
 ]
 
 

@@ -55,7 +55,7 @@ def test_generator_placement_follows_the_model_config() -> None:
                     autoscaling_config={"min_replicas": 1, "max_replicas": 4})
     options = generator_options(m)
     assert options["name"] == generator_name(m.name) == "Generator-Wan2_1-T2V-1_3B"
-    assert options["max_ongoing_requests"] == 2  # one running, the next waiting its turn in the replica
+    assert options["max_ongoing_requests"] == 1
     assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4}
     assert options["graceful_shutdown_timeout_s"] >= 600
     assert m.memory_fraction == 0.5  # two replicas share a card, each capped at half of it
