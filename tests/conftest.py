@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ OWN_RAY = ("test_cluster.py", "test_restart.py", "test_faults.py", "test_benchma
 POLL_S = 0.1  # how often tests poll, as a client would; faster only loads the 2 cores the app runs on
 APP_READY_S = 240  # six tiny twins load in about 30 s; the deadline tells a slow start from one that never ends
 Samples = dict[str, list[tuple[dict[str, str], float]]]
+EXIT_STATUS = pytest.StashKey[int]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,6 +37,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(no_gpu)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave with the session's exit status once every plugin is done, without the interpreter's finalisation.
+
+    This process runs several Ray sessions one after another (OWN_RAY's, then the shared app's), and the threads a
+    session's handles leave behind can reference its freed core worker: a full run once passed every test, printed
+    its summary, and then died of a segmentation fault in finalisation (ray-project/ray#31145), which a CI run reads
+    as a failure. Everything a test run reports is written by now."""
+    if EXIT_STATUS in config.stash:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config.stash[EXIT_STATUS])
 
 
 def app_args(root: Path, models: list[str], **extra: Any) -> dict[str, Any]:
