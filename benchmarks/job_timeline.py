@@ -29,7 +29,7 @@ import torch
 from ray import serve
 from ray.serve.schema import LoggingConfig
 
-from benchmarks.serving_overhead import HEIGHT, WIDTH, app_args, http_job, serving
+from benchmarks.serving_overhead import HEIGHT, WIDTH, app_args, http_job, serving, timed
 from serve_app.app import build_app
 
 APP = "timeline"
@@ -46,13 +46,9 @@ class Call:
 
 
 def median_ms(fn: Callable[[], Any], runs: int) -> float:
+    """The median of `runs` timed calls of `fn`, after one untimed."""
     fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return statistics.median(timed(fn) for _ in range(runs)) * 1e3
 
 
 def calls_between(start_ns: int, end_ns: int) -> list[Call]:
@@ -104,7 +100,7 @@ def main() -> None:
             start = time.time_ns()
             job()
             end = time.time_ns()
-            time.sleep(0.5)  # the last log lines reach their files
+            time.sleep(0.5)  # its last access lines reach their files, and the next job's calls start after them
             jobs.append(((end - start) / 1e6, calls_between(start, end)))
         tracker = serve.get_deployment_handle("JobTracker", app_name=APP)
         http_ms = median_ms(lambda: client.get("/health").raise_for_status(), 5 * args.runs)
