@@ -29,7 +29,6 @@ from ray.serve.exceptions import ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.assets import AssetLinks
-from deployments.jobstore import Idempotency, Job, JobStatus
 from deployments.plan import (
     Encode,
     Enhance,
@@ -46,8 +45,9 @@ from deployments.plan import (
 )
 from deployments.redact import scrub
 from deployments.storage import S3Config
+from domain.records import Idempotency, Job, JobStatus
+from domain.views import job_event
 from pipelines.request import GenerationCancelled, InvalidRequest
-from serve_app.views import job_event
 
 log = logging.getLogger("ray.serve")
 Settle = Callable[[list[DeploymentResponse]], Awaitable[None]]

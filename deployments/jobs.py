@@ -25,11 +25,13 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.assets import AssetLinks
 from deployments.changes import QUEUE, Changes
-from deployments.jobstore import ACTIVE, Idempotency, Job, JobStatus, Session, SQLiteJobStore, Upload
+from deployments.jobstore import SQLiteJobStore
 from deployments.metrics import JobMetrics
 from deployments.retention import Reaper
 from deployments.storage import ON_HEAD_NODE, S3Config
-from serve_app.views import job_event
+from domain.errors import QueueFull
+from domain.records import ACTIVE, Idempotency, Job, JobStatus, Session, Upload
+from domain.views import job_event
 
 log = logging.getLogger("ray.serve")
 SERVE_NAMESPACE = "serve"  # where Serve names its replica actors
@@ -54,14 +56,6 @@ def _alive(actor_name: str) -> bool:
 async def _drain(deliveries: set[Future]) -> None:
     log.info("job tracker shutting down: waiting for %d webhooks", len(deliveries))
     await asyncio.wait([asyncio.wrap_future(d) for d in set(deliveries)])
-
-
-class QueueFull(Exception):
-    """Too many jobs are already waiting for this model."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message  # read through Ray's wrapper, whose str() is a traceback
 
 
 class UploaderFiles:

@@ -14,13 +14,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from deployments.records import Idempotency, Job, JobStatus, KeyReused, Session, Upload
+from domain.errors import KeyReused
+from domain.records import ACTIVE, ENDED, Idempotency, Job, JobKind, JobParams, JobStatus, Session, Upload
 
-__all__ = ["ACTIVE", "TERMINAL", "Idempotency", "Job", "JobStatus", "JobStore", "KeyReused", "SQLiteJobStore",
-           "Session", "Upload"]
-
-ACTIVE = (JobStatus.QUEUED, JobStatus.IN_PROGRESS)
-TERMINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 _LISTED = "IFNULL(json_extract(data, '$.delete_requested'), 0) = 0"  # a job being deleted is gone for clients
 # Rows read under the lock at once: a page of a large read, so a generator's step report never waits long.
 PAGE = 200
@@ -95,9 +91,9 @@ class SQLiteJobStore:
 
     @staticmethod
     def _decode(data: str) -> Job:
-        job = Job(**json.loads(data))
-        job.status = JobStatus(job.status)
-        return job
+        fields = json.loads(data)
+        return Job(**fields | dict(status=JobStatus(fields["status"]), kind=JobKind(fields["kind"]),
+                                   params=JobParams(**fields["params"])))
 
     def _write(self, job: Job) -> None:
         self._db.execute(
@@ -300,14 +296,14 @@ class SQLiteJobStore:
         """Jobs that ended before `before` (or began then, if they never recorded an end): never an active one."""
         where = ("status IN (?, ?, ?) AND "
                  "COALESCE(json_extract(data, '$.completed_at'), json_extract(data, '$.created_at')) < ?")
-        for data in self._pages("jobs", "seq", where, (*TERMINAL, before)):
+        for data in self._pages("jobs", "seq", where, (*ENDED, before)):
             yield self._decode(data)
 
     def undelivered(self) -> Iterator[Job]:
         """Jobs that ended with a webhook to send and no delivery recorded, page by page."""
         where = ("status IN (?, ?, ?) AND json_extract(data, '$.webhook_url') IS NOT NULL "
                  "AND json_extract(data, '$.webhook') IS NULL")
-        for data in self._pages("jobs", "seq", where, TERMINAL):
+        for data in self._pages("jobs", "seq", where, ENDED):
             yield self._decode(data)
 
     def expired_uploads(self, before: float) -> Iterator[Upload]:

@@ -15,8 +15,8 @@ from typing import Annotated, Literal, ParamSpec, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.jobstore import Job
 from deployments.redact import scrub
+from domain.records import Job
 from pipelines.extend import Method
 from pipelines.options import LoraChoice
 from pipelines.request import GenerationCancelled, GenerationRequest, InvalidRequest

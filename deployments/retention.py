@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Protocol
 
-from deployments.jobstore import PAGE, Job, SQLiteJobStore, Upload
+from deployments.jobstore import PAGE, SQLiteJobStore
 from deployments.storage import session_prefix
+from domain.records import Job, Upload
 
 log = logging.getLogger("ray.serve")
 DAY_S = 86400.0

@@ -10,7 +10,7 @@ from typing import Any
 
 from ray import serve
 
-from deployments.jobstore import Job, JobStatus
+from domain.records import Job, JobStatus
 from pipelines.variants import CATALOG
 from serve_app.config import AppConfig, ModelConfig, generator_name
 from serve_app.presets import JOB_TYPES

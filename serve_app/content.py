@@ -8,7 +8,7 @@ from fastapi.responses import Response, StreamingResponse
 from ray.serve.handle import DeploymentHandle
 
 from deployments.assets import MEDIA_TYPES
-from deployments.jobstore import Job, JobStatus
+from domain.records import Job, JobStatus
 from serve_app.errors import APIError
 
 

@@ -19,7 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
-from deployments.jobstore import Job
+from domain.records import Job
 from serve_app.service_schemas import JobProgress
 
 log = logging.getLogger("ray.serve")

@@ -6,13 +6,12 @@ Types only (and how a routed job is handed on), so that the router's stages (`ro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-from deployments.jobstore import Job
 from deployments.plan import FlowInputs, Plan, Submission
+from domain.records import Job, JobKind, JobParams
 from pipelines.conditioning import ResizePolicy
 from pipelines.options import LoraChoice, Scheduler
 from pipelines.variants import Task, Variant
@@ -78,9 +77,9 @@ class Routed:
     variant: Variant
     plan: Plan
     inputs: FlowInputs
-    params: dict[str, Any] = field(default_factory=dict)  # what the client sees on the job
+    params: JobParams  # what the client sees on the job
 
-    def submission(self, kind: str, job_id: str, fields: Fields, key_id: str | None) -> Submission:
+    def submission(self, kind: JobKind, job_id: str, fields: Fields, key_id: str | None) -> Submission:
         """The routed job as the flow runner takes it."""
         job = Job(id=job_id, kind=kind, model=self.variant.name, task=self.plan.task, prompt=fields.prompt,
                   plan=self.plan.model_dump(), params=self.params, session_id=fields.session_id,

@@ -11,6 +11,7 @@ import base64
 import logging
 import time
 import uuid
+from dataclasses import asdict
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -20,8 +21,10 @@ from ray.serve.handle import DeploymentHandle
 from sse_starlette import EventSourceResponse
 
 from deployments.assets import AssetLinks
-from deployments.jobstore import Idempotency, Job, JobStatus, KeyReused, Session, Upload
 from deployments.plan import Submission
+from domain.errors import KeyReused
+from domain.records import Idempotency, Job, JobStatus, Session, Upload
+from domain.views import job_view, upload_view
 from pipelines.variants import Task
 from serve_app import errors, openapi, studio
 from serve_app.auth import Keys, authorize, caller_of
@@ -58,7 +61,6 @@ from serve_app.schemas import (
 )
 from serve_app.schemas import Session as SessionView
 from serve_app.service_schemas import ModelList, Queue, QueueEntry
-from serve_app.views import job_view, upload_view
 
 ID_PREFIXES = {"video": "video", "image": "img", "batch": "batch"}
 LastEventId = Annotated[str | None, Header(description="resume after this event id (the job's version)")]
@@ -165,7 +167,7 @@ class Gateway:
         routed = await asyncio.to_thread(route, self._config, args, media, job_id)
         if dry_run:
             plan = VideoPlan(model=routed.variant.name, task=routed.plan.task, plan=routed.plan.model_dump(),
-                             **{k: v for k, v in routed.params.items() if k in VideoPlan.model_fields})
+                             **{k: v for k, v in asdict(routed.params).items() if k in VideoPlan.model_fields})
             return JSONResponse(plan.model_dump())
         [job] = await self._submit([routed.submission("video", job_id, args, caller_of(request).key_id)], key=key)
         return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
@@ -246,7 +248,7 @@ class Gateway:
         for _ in range(body.n):
             job_id = f"img_{uuid.uuid4().hex}"
             routed = route(self._config, fields, Media(), job_id)
-            fields.seed = routed.params["seed"] + 1  # the next image takes the next seed
+            fields.seed = routed.params.seed + 1  # the next image takes the next seed
             work.append(routed.submission("image", job_id, fields, caller_of(request).key_id))
         data = []
         for job in await self._submit(work, wait=True, key=key):

@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Header
 from pydantic import BaseModel
 
-from deployments.jobstore import Idempotency
+from domain.records import Idempotency
 from serve_app.errors import APIError
 
 HEADER = "Idempotency-Key"

@@ -5,15 +5,11 @@ media are bounded while they are read (`media_bounds` → `pipelines/bounds.py`)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pipelines.bounds import MediaBounds
 from pipelines.request import InvalidRequest
 from pipelines.variants import Variant
 from serve_app.config import LimitsConfig
-
-if TYPE_CHECKING:
-    from serve_app.router import Fields, Frames, Media
+from serve_app.fields import Fields, Frames, Media
 
 
 def media_bounds(limits: LimitsConfig) -> MediaBounds:

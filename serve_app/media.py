@@ -11,9 +11,9 @@ from pydantic import BaseModel
 from ray.serve.handle import DeploymentHandle
 
 from deployments.assets import MEDIA_TYPES
-from deployments.jobstore import Upload
 from deployments.outbound import FetchTooLarge, OutboundError, URLRefused, check_url, fetch, guarded_client
 from deployments.storage import upload_key
+from domain.records import Upload
 from pipelines.bounds import MediaBounds, MediaOutOfBounds
 from pipelines.video import (
     MediaError,
@@ -25,8 +25,8 @@ from pipelines.video import (
 )
 from serve_app.config import AppConfig
 from serve_app.errors import APIError
+from serve_app.fields import Media
 from serve_app.limits import media_bounds
-from serve_app.router import Media
 
 MEDIA_FIELDS = ("input_reference", "last_image", "video", "mask", "reference_image", "pose_video", "face_video")
 URL_SCHEMES = ("https://", "http://")

@@ -6,8 +6,6 @@ output a frame range of a clip, the seams of a long video included), upload, not
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from deployments.plan import (
     Encode,
     EncodeParams,
@@ -33,9 +31,7 @@ from pipelines.extend import Method, segments
 from pipelines.interpolate import interpolated_count
 from pipelines.request import GenerationRequest, InvalidRequest
 from pipelines.variants import Task, Variant
-
-if TYPE_CHECKING:
-    from serve_app.fields import Fields, Frames
+from serve_app.fields import Fields, Frames
 
 
 def video_plan(variant: Variant, request: GenerationRequest, inputs: FlowInputs, frames: Frames,

@@ -8,15 +8,13 @@ configured defaults, the catalog. The preset's name is written back into the fie
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, get_args
+from typing import Any, get_args
 
 from deployments.plan import EnhanceParams
 from pipelines.request import InvalidRequest, LoraUse, check_loras
 from pipelines.variants import Task
 from serve_app.config import AppConfig, JobType, ModelConfig, Sampling
-
-if TYPE_CHECKING:
-    from serve_app.fields import Fields
+from serve_app.fields import Fields
 
 JOB_TYPES: tuple[JobType, ...] = get_args(JobType)
 

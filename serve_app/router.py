@@ -17,6 +17,7 @@ from dataclasses import replace
 import numpy as np
 
 from deployments.plan import FlowInputs
+from domain.records import JobParams
 from pipelines.conditioning import binary_mask, fit_clip, fit_image, grid_ceil, pad_frames, size_for_image
 from pipelines.extend import Method, check_overlap, extended_length, extensions_to_cover
 from pipelines.request import GenerationRequest, InvalidRequest, check_frames, check_loras, check_request, check_size
@@ -305,11 +306,12 @@ def route(config: AppConfig, fields: Fields, media: Media, job_id: str) -> Route
         variant, request, inputs, frames, extension, fps, planner.interpolation_target(fields, fps), job_id, fields,
         enhancement(config, fields, task))
     check_cost(config.limits, fields, frames, out_frames, width, height)
-    params = {"size": f"{width}x{height}", "num_frames": out_frames, "fps": out_fps, "seed": request.seed,
-              "seconds": f"{max(out_frames - 1, 0) / out_fps:g}", "num_inference_steps": request.num_inference_steps,
-              "resize_policy": fields.resize_policy if any(i is not None for i in (first, last, reference)) else None,
-              "reference_mode": fields.reference_mode, "negative_prompt_used": bool(request.negative_prompt),
-              "denoise_strength": request.denoise_strength if task is Task.V2V else None, **recorded(fields)}
+    params = JobParams(
+        size=f"{width}x{height}", num_frames=out_frames, fps=out_fps, seed=request.seed,
+        seconds=f"{max(out_frames - 1, 0) / out_fps:g}", num_inference_steps=request.num_inference_steps,
+        resize_policy=fields.resize_policy if any(i is not None for i in (first, last, reference)) else None,
+        reference_mode=fields.reference_mode, negative_prompt_used=bool(request.negative_prompt),
+        denoise_strength=request.denoise_strength if task is Task.V2V else None, **recorded(fields))
     return Routed(variant=variant, plan=plan, inputs=inputs, params=params)
 
 
@@ -334,7 +336,7 @@ def route_batch(config: AppConfig, fields: Fields, prompts: list[str], job_id: s
             raise InvalidRequest(param, exc.message, exc.code) from exc
     # 4. plan
     plan = planner.batch_plan(variant, requests, job_id, fields, enhancement(config, fields, task))
-    params = {"size": f"{width}x{height}", "seed": seed, "prompts": prompts,
-              "num_inference_steps": requests[0].num_inference_steps,
-              "negative_prompt_used": bool(requests[0].negative_prompt), **recorded(fields)}
+    params = JobParams(size=f"{width}x{height}", seed=seed, prompts=prompts,
+                       num_inference_steps=requests[0].num_inference_steps,
+                       negative_prompt_used=bool(requests[0].negative_prompt), **recorded(fields))
     return Routed(variant=variant, plan=plan, inputs=FlowInputs(requests=requests), params=params)

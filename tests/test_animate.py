@@ -16,8 +16,9 @@ from pipelines.variants import Task
 from serve_app.app import build_app
 from serve_app.config import AppConfig
 from serve_app.router import Fields, Media, route
-from tests.conftest import app_args, until
 from tests.media import mp4, png, probe
+from tests.support.app import app_args
+from tests.support.jobs import until
 
 APP = "animate"
 IMAGE = np.zeros((32, 64, 3), np.uint8)
@@ -36,7 +37,7 @@ def test_pose_and_face_videos_route_to_animate_cut_to_the_grid() -> None:
     assert (routed.variant.name, request.task) == ("tiny-animate", Task.ANIMATE)
     assert request.num_frames == 21 and request.pose_video.shape == (21, 32, 64, 3)  # 23 frames: 21 on the grid
     assert request.face_video.shape == (21, 16, 16, 3)
-    assert routed.params["fps"] == 30
+    assert routed.params.fps == 30
 
 
 def test_a_background_and_its_mask_make_a_replacement_and_are_retimed() -> None:

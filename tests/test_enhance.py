@@ -15,15 +15,16 @@ import pytest
 from ray import serve
 
 from deployments import flow
-from deployments.jobstore import Job, JobStatus
 from deployments.plan import Submission
+from domain.records import Job, JobStatus
 from pipelines.enhance import SYSTEM_PROMPTS, load_enhancer
 from pipelines.request import InvalidRequest
 from serve_app.app import build_app
 from serve_app.config import AppConfig
 from serve_app.router import Fields, Media, route
-from tests.conftest import app_args, until
-from tests.test_flow_runner import OWNER, FakeHandle, Generator, Stages, Tracker
+from tests.support.app import app_args
+from tests.support.fakes import OWNER, FakeHandle, Generator, Stages, Tracker
+from tests.support.jobs import until
 
 APP = "enhance"
 CONFIG = {"models": [{"name": "tiny-t2v"}], "enhancer": {"model": "tiny", "max_new_tokens": 32, "timeout_s": 5}}
@@ -42,6 +43,18 @@ def test_the_tiny_enhancer_writes_the_same_words_for_the_same_seed_under_each_sy
         assert chat.startswith(f"<|im_start|>system\n{system}") and chat.endswith("<|im_start|>assistant\n"), kind
 
 
+def test_the_tiny_enhancer_s_reading_of_a_query_is_bounded_in_input_output_and_time() -> None:
+    enhancer = load_enhancer("tiny", "cpu")
+    long = enhancer.read("Generate a video of a cat. " * 200, max_input_tokens=1024, max_new_tokens=128, max_time=60)
+    assert (long.query_tokens, long.new_tokens, long.text) == (5400, 0, "")  # byte-level: a token a character
+    assert long.bound == "the query is 5,400 tokens, over its bound of 1,024"
+    whole = enhancer.read("x" * 64, max_input_tokens=64, max_new_tokens=16, max_time=60)
+    assert (whole.query_tokens, whole.new_tokens) == (64, 16), "at its input bound it is read; it writes until cut"
+    assert whole.text and whole.bound == "it reached its bound of 16 new tokens"
+    timed = enhancer.read("a video of a cat", max_input_tokens=64, max_new_tokens=128, max_time=0)
+    assert timed.new_tokens < 128 and timed.bound == "it reached its bound of 0 s"
+
+
 def test_enhancement_is_refused_where_no_enhancer_is_configured() -> None:
     config = AppConfig.model_validate({"models": [{"name": "tiny-t2v"}]})
     for fields, param in [(Fields(prompt="x", enhance_prompt=True), "enhance_prompt"),
@@ -55,7 +68,7 @@ def test_an_enhanced_job_type_plans_an_enhance_stage_first_and_runs_its_base_pre
     routed = route(AppConfig.model_validate(CONFIG), Fields(prompt="x", job_type="video_fast_enhanced"), Media(), "v")
     first, generate = routed.plan.stages[:2]
     assert first.kind == "enhance" and first.params.kind == "t2v" and first.params.timeout_s == 5
-    assert generate.params.preset == "fast" and routed.params["job_type"] == "video_fast_enhanced"
+    assert generate.params.preset == "fast" and routed.params.job_type == "video_fast_enhanced"
 
 
 class Enhancer:
@@ -164,3 +177,7 @@ def test_route_asks_the_enhancer_to_read_the_words_and_falls_back_to_rules(enhan
     answer = r.json()
     assert (answer["task"], answer["model"], answer["prompt"]) == ("t2v", "tiny-t2v", "A cat playing in the garden")
     assert "the enhancer's reading was not usable" in answer["reason"]  # the tiny twin writes noise, not JSON
+    assert answer["reading"] == "keywords"
+    r = enhanced_app.post("/v1/route", json={"query": "Generate a video of " + "a cat in a garden, " * 150})
+    assert r.status_code == 200, r.text  # a query over the input bound: the model is not asked to read it
+    assert r.json()["reading"] == "keywords" and "over its bound of 1,024)" in r.json()["reason"]

@@ -14,16 +14,18 @@ import pytest
 from openai import OpenAI
 from ray import serve
 
-from deployments.jobstore import Idempotency, Job, JobStatus, KeyReused, SQLiteJobStore
+from deployments.jobstore import SQLiteJobStore
+from domain.errors import KeyReused
+from domain.records import Idempotency, Job, JobParams, JobStatus
 from serve_app.idempotency import fingerprint
 from serve_app.schemas import ImageBatchRequest
-from tests.conftest import APP, wait_for
-
-DONE = {"completed", "failed", "cancelled"}
+from tests.support.app import APP
+from tests.support.jobs import ENDED, wait_for
 
 
 def job(key_id: str | None = "key_a") -> Job:
-    return Job(id=f"video_{uuid.uuid4().hex}", kind="video", model="tiny-t2v", task="t2v", prompt="p", params={},
+    return Job(id=f"video_{uuid.uuid4().hex}", kind="video", model="tiny-t2v", task="t2v", prompt="p",
+               params=JobParams(size="64x32", seed=0, num_inference_steps=4),
                plan={}, key_id=key_id)
 
 
@@ -87,7 +89,7 @@ def test_a_retried_video_create_gets_the_same_job(client: httpx.Client) -> None:
     key = {"Idempotency-Key": uuid.uuid4().hex}
     first = client.post("/v1/videos", json=body, headers=key)
     assert first.status_code == 200, first.text
-    done = wait_for(client, first.json()["id"], DONE)
+    done = wait_for(client, first.json()["id"], ENDED)
     again = client.post("/v1/videos", json=dict(reversed(body.items())), headers=key)
     assert again.status_code == 200 and again.json()["id"] == done["id"]
     assert again.json()["status"] == "completed", "the job as it stands, not a new one"
@@ -101,7 +103,7 @@ def test_a_retried_video_create_gets_the_same_job(client: httpx.Client) -> None:
     assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "Idempotency-Key"
     fresh = client.post("/v1/videos", json=body)
     assert fresh.status_code == 200 and fresh.json()["id"] != done["id"], "no key: a new job, as before"
-    wait_for(client, fresh.json()["id"], DONE)
+    wait_for(client, fresh.json()["id"], ENDED)
 
 
 def test_concurrent_identical_creates_make_one_job(client: httpx.Client) -> None:
@@ -112,7 +114,7 @@ def test_concurrent_identical_creates_make_one_job(client: httpx.Client) -> None
             "prompt": prompt, "num_frames": 5, "model": "tiny-t2v"}), range(6)))
     assert [a.status_code for a in answers] == [200] * 6
     assert len({a.json()["id"] for a in answers}) == 1
-    wait_for(client, answers[0].json()["id"], DONE)
+    wait_for(client, answers[0].json()["id"], ENDED)
     assert listed(client, prompt) == [answers[0].json()["id"]]
 
 

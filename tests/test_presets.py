@@ -49,8 +49,8 @@ def test_a_job_type_runs_its_models_preset_and_the_plan_shows_it() -> None:
     params, recorded = generate_params(Fields(prompt="x", model="tiny-t2v", job_type="video_fast"))
     assert params | {"preset": "lightning", "num_inference_steps": 2, "guidance_scale": 1.0, "flow_shift": 5.0,
                      "scheduler": "euler", "loras": [{"name": "style", "scale": 1.0}]} == params
-    assert recorded["job_type"] == "video_fast" and recorded["preset"] == "lightning"
-    assert recorded["loras"] == [{"name": "style", "scale": 1.0}]
+    assert recorded.job_type == "video_fast" and recorded.preset == "lightning"
+    assert recorded.loras == [{"name": "style", "scale": 1.0}]
 
 
 def test_request_fields_win_over_the_preset() -> None:
@@ -103,7 +103,7 @@ def test_image_job_types_make_one_frame_and_video_ones_more() -> None:
 
 def test_a_batch_runs_its_image_job_type() -> None:
     routed = route_batch(config(), Fields(prompt="a", model="tiny-t2v", job_type="image_fast"), ["a", "b"], "b")
-    assert routed.plan.stages[0].params.num_inference_steps == 2 and routed.params["preset"] == "fast"
+    assert routed.plan.stages[0].params.num_inference_steps == 2 and routed.params.preset == "fast"
     assert [r.num_inference_steps for r in routed.inputs.requests] == [2, 2]
 
 

@@ -17,22 +17,24 @@ import pytest
 from ray import serve
 
 from deployments.assets import AssetStore, Encoded
-from deployments.jobstore import PAGE, Job, JobStatus, Session, SQLiteJobStore, Upload
+from deployments.jobstore import PAGE, SQLiteJobStore
 from deployments.retention import DAY_S, Reaper
 from deployments.storage import S3Config, job_prefix, upload_key
 from deployments.uploader import Files
+from domain.records import Job, JobParams, JobStatus, Session, Upload
 from serve_app.app import build_app
-from tests.conftest import app_args, until, wait_for
 from tests.media import png
 from tests.s3server import FlakyProxy, s3_server
+from tests.support.app import app_args
+from tests.support.jobs import ENDED, until, wait_for
 
 S3_KEYS = {"access_key_id": "testing", "secret_access_key": "testing", "region": "us-east-1"}
-DONE = {"completed", "failed", "cancelled"}
 
 
 def job(status: JobStatus = JobStatus.COMPLETED, ended: float | None = None, session_id: str | None = None,
         assets: list[dict[str, Any]] | None = None) -> Job:
-    return Job(id=f"video_{uuid.uuid4().hex}", kind="video", model="tiny-t2v", task="t2v", prompt="p", params={},
+    return Job(id=f"video_{uuid.uuid4().hex}", kind="video", model="tiny-t2v", task="t2v", prompt="p",
+               params=JobParams(size="64x32", seed=0, num_inference_steps=4),
                plan={}, status=status, session_id=session_id, completed_at=ended, assets=assets or [])
 
 
@@ -218,9 +220,9 @@ def test_delete_a_session_with_its_uploads_jobs_and_files(client: httpx.Client, 
     upload = uploaded.json()
     video = client.post("/v1/videos", json={"prompt": "in a session", "num_frames": 5, "session_id": session,
                                             "model": "tiny-t2v"}).json()
-    assert wait_for(client, video["id"], DONE)["status"] == "completed"
+    assert wait_for(client, video["id"], ENDED)["status"] == "completed"
     batch = client.post("/v1/images/batches", json={"prompts": ["a", "b"], "session_id": session}).json()
-    until(lambda: client.get(f"/v1/images/batches/{batch['id']}").json()["status"] in DONE, 120, "the batch")
+    until(lambda: client.get(f"/v1/images/batches/{batch['id']}").json()["status"] in ENDED, 120, "the batch")
     folder = outputs / "sessions" / session
     assert sorted(p.name for p in folder.iterdir()) == ["generations", "uploads"], list(outputs.rglob("*"))
 
@@ -240,7 +242,7 @@ def test_delete_a_running_session_job_stops_it_and_its_owner_removes_it(client: 
     session = client.post("/v1/sessions", json={}).json()["id"]
     video = client.post("/v1/videos", json={"prompt": "slow", "num_frames": 81, "num_inference_steps": 200,
                                             "session_id": session, "model": "tiny-t2v"}).json()
-    wait_for(client, video["id"], {"in_progress", *DONE})
+    wait_for(client, video["id"], {"in_progress", *ENDED})
     assert client.delete(f"/v1/sessions/{session}").status_code == 200
     assert client.get(f"/v1/videos/{video['id']}").status_code == 404
     tracker = serve.get_deployment_handle("JobTracker", "wan")
@@ -276,7 +278,7 @@ def expiring(serve_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPath
 def test_an_expired_job_goes_with_its_files_on_disk_and_in_the_bucket(expiring: Any, s3_endpoint: str) -> None:
     client, outputs, bucket = expiring
     video = client.post("/v1/videos", json={"prompt": "short-lived", "num_frames": 5}).json()
-    done = wait_for(client, video["id"], DONE)
+    done = wait_for(client, video["id"], ENDED)
     assert done["status"] == "completed" and done["upload"]["status"] == "completed", done
     assert done["expires_at"] - done["completed_at"] in (2, 3), "2.6 s after it ended"
     prefix = f"generations/{video['id']}/"

@@ -12,15 +12,17 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from deployments.jobs import QueueFull
 from deployments.plan import Encode, Extend, Generate, Interpolate, Notify, Upload
+from domain.errors import QueueFull
 from pipelines.conditioning import GRAY
 from pipelines.request import InvalidRequest
 from pipelines.variants import CATALOG, WAN_NEGATIVE_PROMPT, Task
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.errors import as_api_error
 from serve_app.router import Fields, Media, route, route_batch
+from serve_app.schemas import VideoCreateRequest
 
 ALL = ["tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v", "tiny-a14b"]
 IMAGE = np.zeros((32, 64, 3), np.uint8)
@@ -112,10 +114,10 @@ def test_a_given_flow_shift_is_never_swapped_for_the_default() -> None:
 
 def test_seconds_map_onto_the_frame_grid_and_seeds_are_drawn_when_omitted() -> None:
     routed = plan_of(Fields(prompt="x", seconds=5))
-    assert routed.params["num_frames"] == 81 and routed.params["seconds"] == "5"
-    seeds = {plan_of(Fields(prompt="x")).params["seed"] for _ in range(5)}
+    assert routed.params.num_frames == 81 and routed.params.seconds == "5"
+    seeds = {plan_of(Fields(prompt="x")).params.seed for _ in range(5)}
     assert len(seeds) > 1 and all(0 <= s < 2**31 for s in seeds)
-    assert plan_of(Fields(prompt="x", seed=42)).params["seed"] == 42
+    assert plan_of(Fields(prompt="x", seed=42)).params.seed == 42
 
 
 def test_a_plain_video_plans_generate_encode_upload() -> None:
@@ -135,25 +137,25 @@ def test_an_extension_plans_its_seams_and_counts_every_window_s_steps() -> None:
                                                   "overlap": 5, "extensions": 2}
     seams = {o.name: (o.start, o.stop) for o in plan.stages[2].params.outputs}
     assert seams == {"initial": (0, 17), "extension_001": (17, 29), "extension_002": (29, 41), "combined": (0, 41)}
-    assert plan.total_steps == 4 * 3 and routed.params["num_frames"] == 41
+    assert plan.total_steps == 4 * 3 and routed.params.num_frames == 41
 
 
 def test_an_image_to_video_extends_by_i2v_and_an_edit_follows_its_source_to_the_end() -> None:
     i2v = plan_of(Fields(prompt="x", num_frames=9, extensions=1, overlap_frames=1), Media(image=IMAGE))
-    assert i2v.plan.stages[1].params.method == "i2v" and i2v.params["num_frames"] == 17
+    assert i2v.plan.stages[1].params.method == "i2v" and i2v.params.num_frames == 17
     long_clip = np.zeros((40, 32, 64, 3), np.uint8)
     edit = plan_of(Fields(prompt="x", num_frames=17, overlap_frames=5), Media(video=long_clip, mask=long_clip,
                                                                                video_file=b"mp4"))
-    assert edit.plan.stages[1].params.extensions == 2 and edit.params["num_frames"] == 40, "trimmed to the source"
+    assert edit.plan.stages[1].params.extensions == 2 and edit.params.num_frames == 40, "trimmed to the source"
     assert edit.inputs.audio == b"mp4" and edit.plan.stages[2].params.outputs[-1].audio
 
 
 def test_interpolation_plans_a_stage_and_a_frame_rate() -> None:
     routed = plan_of(Fields(prompt="x", num_frames=9, target_fps=32))
     assert [type(s) for s in routed.plan.stages] == [Generate, Interpolate, Encode, Upload]
-    assert (routed.params["num_frames"], routed.params["fps"]) == (17, 32)
+    assert (routed.params.num_frames, routed.params.fps) == (17, 32)
     doubled = plan_of(Fields(prompt="x", num_frames=9, interpolation_factor=2))
-    assert doubled.params["fps"] == 32
+    assert doubled.params.fps == 32
 
 
 def test_a_webhook_and_a_session_shape_the_final_stages() -> None:
@@ -189,16 +191,35 @@ def test_domain_errors_map_to_openai_errors_in_one_place() -> None:
         as_api_error(RuntimeError("a bug is a 500, not a 4xx"))
 
 
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("job_type", "video_slow", "job_type: 'video_slow' is not one of 'image_fast', 'image_high', 'video_fast', "
+                               "'video_high', 'image_fast_enhanced', "),
+    ("reference_mode", "middle", "reference_mode: 'middle' is not one of 'none', 'single', 'start', 'end' or 'both'"),
+    ("resize_policy", None, "resize_policy: null is not one of 'center_crop', 'pad' or 'stretch'"),
+    ("scheduler", 5, "scheduler: 5 is not one of 'unipc', 'euler' or 'dpm++'"),
+    ("task", "s2v", "task: 's2v' is not one of 't2v', 't2i', 'i2v', 'flf2v', 'v2v', 'vace' or 'animate'"),
+    ("task", "s" * 5000, f"task: '{'s' * 40}...' is not one of 't2v', "),  # a long value is cut short
+])
+def test_a_value_outside_a_fixed_set_is_named_with_the_values_taken(field: str, value: Any, message: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        VideoCreateRequest.model_validate({"prompt": "x", field: value})
+    error = as_api_error(raised.value)
+    assert (error.status, error.param, error.code) == (400, field, "invalid_value")
+    assert error.message.startswith(message) and len(error.message) < 300, error.message
+
+
 def test_the_plan_is_json_and_reads_back_typed() -> None:
     plan = plan_of(Fields(prompt="x", num_frames=17, extensions=1, target_fps=32)).plan
     assert type(plan).model_validate(plan.model_dump()) == plan
 
 
-@pytest.mark.parametrize("module", ["gateway", "router", "planner", "views", "errors", "media", "body", "content",
-                                    "config", "schemas"])
+@pytest.mark.parametrize("module", [*(f"serve_app.{m}" for m in ("gateway", "router", "planner", "errors", "media",
+                                                                  "body", "content", "config", "schemas", "query")),
+                                    "domain.views", "domain.records", "domain.errors"])
 def test_serve_app_modules_import_no_torch(module: str) -> None:
-    """Only the app builder binds the generators; the HTTP layer stays light (a subprocess: a fresh import)."""
-    code = f"import sys, serve_app.{module}; print('torch' in sys.modules)"
+    """Only the app builder binds the generators; the HTTP layer and the domain stay light (a subprocess: a fresh
+    import, so what a module pulls in transitively counts)."""
+    code = f"import sys, {module}; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
@@ -247,13 +268,13 @@ def roundness(image: np.ndarray) -> float:
 def test_without_a_size_the_output_takes_the_image_s_aspect_ratio(width: int, height: int) -> None:
     served = ["Wan2.1-I2V-14B-720P"]
     routed = plan_of(Fields(prompt="x"), Media(image=circle(width, height)), models=served)
-    w, h = map(int, routed.params["size"].split("x"))
+    w, h = map(int, routed.params.size.split("x"))
     assert w % 16 == 0 and h % 16 == 0 and w * h <= 1280 * 720
     assert w * h > 0.9 * 1280 * 720, "as large as the model's largest preset allows"
     assert abs(w / h - width / height) < 0.03, (w, h)
     request = routed.inputs.requests[0]
     assert request.image.shape == (h, w, 3) and abs(roundness(request.image) - 1) < 0.05
-    assert routed.params["resize_policy"] == "center_crop"
+    assert routed.params.resize_policy == "center_crop"
 
 
 @pytest.mark.parametrize(("policy", "round_"), [("center_crop", True), ("pad", True), ("stretch", False)])
@@ -269,8 +290,8 @@ def test_with_a_size_a_resize_policy_fits_keyframes_and_references(policy: str, 
         assert (abs(roundness(image) - 1) < 0.05) == round_, (policy, roundness(image))
     if policy == "pad":
         assert (fitted[0][:, :100] == GRAY).all(), "the sides are padded, not filled with the image"
-    assert flf.params["resize_policy"] == vace.params["resize_policy"] == policy
-    assert plan_of(Fields(prompt="x")).params["resize_policy"] is None, "no image, no policy"
+    assert flf.params.resize_policy == vace.params.resize_policy == policy
+    assert plan_of(Fields(prompt="x")).params.resize_policy is None, "no image, no policy"
 
 
 def test_an_overlap_as_long_as_the_window_over_a_source_clip_is_a_400_not_a_crash() -> None:
@@ -297,11 +318,11 @@ def test_tiny_twins_take_their_real_variants_sizes_and_stay_tiny_by_default(name
     media = Media(image=IMAGE, last_image=IMAGE if Task.FLF2V in twin.tasks else None) if needs_image else Media()
     if not needs_image:
         default = route(config([name]), Fields(prompt="x", model=name, num_frames=9), media, "video_test")
-        assert default.params["size"] == "x".join(map(str, twin.sizes["tiny"]))
+        assert default.params.size == "x".join(map(str, twin.sizes["tiny"]))
     for preset, (width, height) in presets.items():
         routed = route(config([name]), Fields(prompt="x", model=name, num_frames=9, size=preset), media, "video_test")
         request = routed.inputs.requests[0]
-        assert (request.width, request.height) == (width, height), (preset, routed.params["size"])
+        assert (request.width, request.height) == (width, height), (preset, routed.params.size)
 
 
 def test_an_image_without_a_size_keeps_a_tiny_twin_tiny() -> None:

@@ -21,7 +21,7 @@ from ray import serve
 from starlette.responses import Response
 from starlette.testclient import TestClient
 
-from deployments.jobstore import Job, JobStatus
+from domain.records import Job, JobParams, JobStatus
 from serve_app.app import build_app
 from serve_app.cards import Generators, scaling_card
 from serve_app.config import AppConfig, ModelConfig, generator_name
@@ -29,9 +29,10 @@ from serve_app.events import Feeds, State, event_stream
 from serve_app.query import answer_query, unavailable_models
 from serve_app.router import Media
 from serve_app.schemas import RouteRequest
-from tests.conftest import app_args, until
 from tests.media import probe
-from tests.test_events import FakeTracker
+from tests.support.app import app_args
+from tests.support.fakes import FakeTracker
+from tests.support.jobs import ENDED, eventually, until
 
 APP = "zero"
 MODEL = "tiny-t2v"
@@ -40,7 +41,6 @@ MODEL = "tiny-t2v"
 ZERO = {"min_replicas": 0, "max_replicas": 1, "target_ongoing_requests": 1,
         "downscale_delay_s": 1, "downscale_to_zero_delay_s": 1, "metrics_interval_s": 0.5, "look_back_period_s": 1}
 FIRST_STEP_BOUND_S = 120  # a correctness bound (the replica does start), not a speed goal
-DONE = {"completed", "failed", "cancelled"}
 
 
 # --- in-process -----------------------------------------------------------------------------------------------------
@@ -66,7 +66,7 @@ class FixedGenerators(Generators):
 
 
 def _job(**fields: Any) -> Job:
-    return Job(id="video_1", kind="video", model=MODEL, task="t2v", prompt="p", params={}, plan={}, total_steps=4,
+    return Job(id="video_1", kind="video", model=MODEL, task="t2v", prompt="p", params=JobParams(size="64x32", seed=0, num_inference_steps=4), plan={}, total_steps=4,
                **fields)
 
 
@@ -138,15 +138,14 @@ def test_a_feed_recomputes_the_stage_on_each_change() -> None:
                 seen.append((state.stage, state.waiting))
 
         async def seen_has(n: int) -> None:
-            while len(seen) < n:
-                await asyncio.sleep(0)
+            await eventually(lambda: len(seen) >= n, 10, f"{n} states seen", poll_s=0)
 
         listener = asyncio.create_task(listen())
         await seen_has(1)
         tracker.advance(status=JobStatus.IN_PROGRESS, step=1)
         await seen_has(2)
         tracker.advance(status=JobStatus.COMPLETED, stage=None)
-        await listener
+        await asyncio.wait_for(listener, 10)
         return seen
 
     assert asyncio.run(run()) == [("starting", STARTING), ("generate", None), (None, None)]
@@ -217,7 +216,7 @@ def test_a_job_at_zero_replicas_waits_starting_then_completes_and_the_model_scal
               f"{running_at:.1f} s; first step {seen['first_step'] - running_at:.1f} s after RUNNING)")
 
         done = zero_app.get(url).json()
-        until(lambda: done.update(zero_app.get(url).json()) or done["status"] in DONE, 120, f"{video['id']} to end")
+        until(lambda: done.update(zero_app.get(url).json()) or done["status"] in ENDED, 120, f"{video['id']} to end")
         assert done["status"] == "completed", done
         assert (done["stage_detail"], done["queue_position"]) == (None, None)
         frames, fps, _ = probe(zero_app.get(f"{url}/content").content)

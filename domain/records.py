@@ -1,12 +1,14 @@
-"""The records the job store keeps: jobs, sessions and uploads, and what a create's Idempotency-Key carries.
+"""The records the job store keeps: jobs (with their typed parameters), sessions and uploads, and what a create's
+Idempotency-Key carries; the enums that name a job's kind, status and type.
 
-States: queued -> in_progress -> completed | failed | cancelled. Terminal states are final, so a late
+States: queued -> in_progress -> completed | failed | cancelled. Ended states are final, so a late
 report from a stage can never bring a finished job back to life.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -21,19 +23,91 @@ class JobStatus(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+        return self in ENDED
+
+
+ACTIVE = (JobStatus.QUEUED, JobStatus.IN_PROGRESS)
+ENDED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JobKind(StrEnum):
+    """What a job makes, which names its endpoints and the prefix of its id."""
+
+    VIDEO = "video"
+    IMAGE = "image"  # one image of POST /v1/images/generations
+    BATCH = "batch"  # POST /v1/images/batches: one job, an image per prompt
+
+    @property
+    def id_prefix(self) -> str:
+        return "img" if self is JobKind.IMAGE else self.value
+
+    def new_id(self) -> str:
+        """The one place a job id is minted: the kind's prefix and 128 random bits."""
+        return f"{self.id_prefix}_{uuid.uuid4().hex}"
+
+    def owns(self, job_id: str) -> bool:
+        return job_id.startswith(f"{self.id_prefix}_")
+
+
+class JobType(StrEnum):
+    """A named trade-off of quality against time (a preset of the model); *_ENHANCED ones rewrite the prompt first."""
+
+    IMAGE_FAST = "image_fast"
+    IMAGE_HIGH = "image_high"
+    VIDEO_FAST = "video_fast"
+    VIDEO_HIGH = "video_high"
+    IMAGE_FAST_ENHANCED = "image_fast_enhanced"
+    IMAGE_HIGH_ENHANCED = "image_high_enhanced"
+    VIDEO_FAST_ENHANCED = "video_fast_enhanced"
+    VIDEO_HIGH_ENHANCED = "video_high_enhanced"
+
+    @property
+    def enhanced(self) -> bool:
+        return self.value.endswith("_enhanced")
+
+    @property
+    def image(self) -> bool:
+        return self.value.startswith("image_")
+
+    @property
+    def base(self) -> str:
+        """The plain type a preset is configured under: video_fast for video_fast_enhanced."""
+        return self.value.removesuffix("_enhanced")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobParams:
+    """What a job was asked for, with every default resolved: written once by the router, read by attribute by the
+    views, the route answer and the dry run. Kept JSON-able (plain values), since the job store keeps it as JSON."""
+
+    size: str  # "WxH"
+    seed: int  # the first generation's; image i of a batch uses seed + i
+    num_inference_steps: int
+    negative_prompt_used: bool = False
+    job_type: str | None = None
+    preset: str | None = None  # the one resolved from the job type, or named
+    loras: list[dict[str, Any]] = field(default_factory=list)  # the selectable adapters: {name, scale}
+    # a video (or one image)
+    num_frames: int = 1
+    fps: int = 16
+    seconds: str = "0"
+    resize_policy: str | None = None  # how input images were fitted; None without images
+    reference_mode: str | None = None
+    denoise_strength: float | None = None  # video-to-video only
+    # a batch
+    prompts: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Job:
-    """One accepted request and everything known about it; `params` and `plan` are JSON-able dicts."""
+    """One accepted request and everything known about it; `plan` is the Plan as a JSON-able dict."""
 
     id: str
-    kind: str  # "video", "image" or "batch"
+    kind: JobKind
     model: str
     task: str
     prompt: str
-    params: dict[str, Any]
+    params: JobParams
     plan: dict[str, Any]
     status: JobStatus = JobStatus.QUEUED
     session_id: str | None = None
@@ -79,14 +153,6 @@ class Idempotency:
 
     key: str
     fingerprint: str
-
-
-class KeyReused(Exception):
-    """The `Idempotency-Key` was already used, by this API key, with another body."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message  # read through Ray's wrapper, whose str() is a traceback
 
 
 @dataclass
