@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import ray
 import torch
-from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 from serve_app.app import build_app
 from tests.s3server import free_port
+from tests.support.app import ADMIN, APP, KEY_A, KEY_B, KEYED_APP, TINY_MODELS, Cluster, app_args
+from tests.support.jobs import until
+from tests.support.metrics import metric, scrape_until
 
-APP = "wan"
-TINY_MODELS = ["tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v", "tiny-a14b"]
 # these start and stop Ray themselves
 OWN_RAY = ("test_cluster.py", "test_restart.py", "test_faults.py", "test_benchmarks.py")
-POLL_S = 0.1  # how often tests poll, as a client would; faster only loads the 2 cores the app runs on
 APP_READY_S = 240  # six tiny twins load in about 30 s; the deadline tells a slow start from one that never ends
-Samples = dict[str, list[tuple[dict[str, str], float]]]
 EXIT_STATUS = pytest.StashKey[int]()
 
 
@@ -55,66 +52,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(config.stash[EXIT_STATUS])
-
-
-def app_args(root: Path, models: list[str], **extra: Any) -> dict[str, Any]:
-    return {
-        "job_db": str(root / "jobs.db"),
-        "storage": {"root": str(root / "outputs")},
-        "models": [{"name": m, "ray_actor_options": {"num_cpus": 0.1}, **extra} for m in models],
-    }
-
-
-def replica_logs(app: str, deployment: str = "", lines: int = 20) -> str:
-    """The last lines of each replica log of `app` (this Ray session's), for a message that says why."""
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
-    tails = [f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-             for path in sorted(logs.glob(f"replica_{app}_{deployment}*.log"))]
-    return "\n".join(tails) or f"no replica logs of {app} in {logs}"
-
-
-def metrics_url() -> str:
-    """This node's Prometheus endpoint: the port is Ray's own choice, read back once Ray has bound it."""
-    return f"http://127.0.0.1:{ray.nodes()[0]['MetricsExportPort']}/metrics"
-
-
-def scrape() -> Samples:
-    """Every sample on the node's Prometheus endpoint, by sample name: [(labels, value)]."""
-    samples: Samples = {}
-    for family in text_string_to_metric_families(httpx.get(metrics_url(), timeout=30).text):
-        for s in family.samples:
-            samples.setdefault(s.name, []).append((s.labels, s.value))
-    return samples
-
-
-def metric(samples: Samples, name: str, **labels: str) -> float | None:
-    """The sum of `name` over the samples carrying `labels` (Ray adds worker and node labels); None if absent."""
-    found = [v for lab, v in samples.get(name, []) if all(lab.get(k) == w for k, w in labels.items())]
-    return sum(found) if found else None
-
-
-def scrape_until(check: Callable[[Samples], bool], what: str, timeout_s: float = 60, logs_of: str = "") -> Samples:
-    """The node's metrics once `check` holds of them (Ray reports each second); on a timeout, with the logs of
-    `logs_of`'s replicas, so a metric that never comes is told from a slow one."""
-    deadline = time.monotonic() + timeout_s
-    while not check(samples := scrape()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} never showed on {metrics_url()} within {timeout_s} s\n"
-                                 + (replica_logs(APP, logs_of) if logs_of else ""))
-        time.sleep(0.5)
-    return samples
-
-
-class Cluster:
-    """A local Ray cluster with Serve of a module's own (one in OWN_RAY), which a test may crash and start again."""
-
-    url = ""
-
-    def start(self) -> None:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        self.url = f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -165,22 +102,13 @@ def client(serve_url: str) -> Iterator[httpx.Client]:
         yield c
 
 
-def until(check: Callable[[], Any], timeout_s: float, what: str) -> float:
-    """Seconds until `check()` holds (polled; the deadline only bounds a hang)."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout_s, f"{what} did not happen within {timeout_s} s"
-        time.sleep(POLL_S)
-    return time.monotonic() - started
-
-
-def wait_for(client: httpx.Client, video_id: str, until: set[str], timeout_s: float = 120) -> dict[str, Any]:
-    """Poll a job until its status is in `until`, as a client would (the deadline only bounds a hang)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        video = client.get(f"/v1/videos/{video_id}").json()
-        if video["status"] in until:
-            return video
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{video_id} still {video['status']} after {timeout_s}s: {video}")
-        time.sleep(POLL_S)
+@pytest.fixture(scope="session")
+def keyed_url(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An app on the shared cluster that requires API keys: KEY_A and KEY_B (given as a digest) see only their own
+    records, ADMIN sees all, and each key may have one active job."""
+    args = app_args(tmp_path_factory.mktemp(KEYED_APP), ["tiny-t2v"])
+    args["auth"] = {"api_keys": [KEY_A, "sha256:" + hashlib.sha256(KEY_B.encode()).hexdigest()],
+                    "admin_keys": [ADMIN], "required": True, "max_active_jobs_per_key": 1}
+    serve.run(build_app(args), name=KEYED_APP, route_prefix=f"/{KEYED_APP}")
+    yield f"{serve_url}/{KEYED_APP}"
+    serve.delete(KEYED_APP)

@@ -1,0 +1,57 @@
+"""Apps on the tests' Ray cluster: their arguments, a cluster of a module's own, and the keys of the keyed app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ray
+from ray import serve
+
+from serve_app.config import AppConfig
+from tests.s3server import free_port
+
+APP = "wan"
+TINY_MODELS = ["tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v", "tiny-a14b"]
+KEYED_APP = "keyed"  # the shared cluster's app with API keys (conftest's `keyed_url`)
+KEY_A, KEY_B, ADMIN = "sk-alice-0123456789", "sk-bob-9876543210", "sk-admin-abcdef"
+
+
+def app_args(root: Path, models: list[str], **extra: Any) -> dict[str, Any]:
+    """`build_app`'s arguments: jobs and outputs under `root`, each model on a tenth of a CPU with `extra`."""
+    return {
+        "job_db": str(root / "jobs.db"),
+        "storage": {"root": str(root / "outputs")},
+        "models": [{"name": m, "ray_actor_options": {"num_cpus": 0.1}, **extra} for m in models],
+    }
+
+
+def app_config(models: list[str] = TINY_MODELS, **extra: Any) -> AppConfig:
+    """A validated config serving `models`, for the router and limits in-process (nothing is deployed)."""
+    return AppConfig.model_validate({"models": [{"name": m} for m in models], **extra})
+
+
+def as_key(url: str, key: str | None) -> httpx.Client:
+    """A client of `url` that sends `key` as its Bearer token (none: no Authorization header)."""
+    return httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"} if key else {})
+
+
+def replica_logs(app: str, deployment: str = "", lines: int = 20) -> str:
+    """The last lines of each replica log of `app` (this Ray session's), for a message that says why."""
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    tails = [f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+             for path in sorted(logs.glob(f"replica_{app}_{deployment}*.log"))]
+    return "\n".join(tails) or f"no replica logs of {app} in {logs}"
+
+
+class Cluster:
+    """A local Ray cluster with Serve of a module's own (one in OWN_RAY), which a test may crash and start again."""
+
+    url = ""
+
+    def start(self) -> None:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        self.url = f"http://127.0.0.1:{port}"
