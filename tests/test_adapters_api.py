@@ -18,8 +18,8 @@ from PIL import Image
 from ray import serve
 
 from serve_app.app import build_app
-from tests.conftest import until
 from tests.media import png, probe
+from tests.support.jobs import until
 
 APP = "media"
 CONFIG = Path(__file__).parent.parent / "configs" / "media-pipeline.yaml"

@@ -4,25 +4,17 @@ admin key that sees all, and per-key admission; the key check itself in-process.
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 from openai import OpenAI
-from ray import serve
 
-from serve_app.app import build_app
 from serve_app.auth import Keys
 from serve_app.errors import APIError
-from tests.conftest import POLL_S, app_args, wait_for
 from tests.media import png
-from tests.test_cli import wan
-
-APP = "keyed"
-KEY_A, KEY_B, ADMIN = "sk-alice-0123456789", "sk-bob-9876543210", "sk-admin-abcdef"
-DONE = {"completed", "failed", "cancelled"}
+from tests.support.app import ADMIN, KEY_A, KEY_B, KEYED_APP, as_key
+from tests.support.cli import wan
+from tests.support.jobs import ENDED, ended, wait_for
 
 
 def test_keys_from_config_digests_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,26 +30,10 @@ def test_keys_from_config_digests_and_the_environment(monkeypatch: pytest.Monkey
     assert Keys.resolve([], [], "WAN_NO_SUCH_VAR").caller(None).admin, "no keys: open, one anonymous admin"
 
 
-@pytest.fixture(scope="module")
-def url(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    args = app_args(tmp_path_factory.mktemp(APP), ["tiny-t2v"])
-    args["auth"] = {"api_keys": [KEY_A, "sha256:" + hashlib.sha256(KEY_B.encode()).hexdigest()],
-                    "admin_keys": [ADMIN], "required": True, "max_active_jobs_per_key": 1}
-    serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
-    yield f"{serve_url}/{APP}"
-    serve.delete(APP)
-
-
-def as_key(url: str, key: str | None) -> httpx.Client:
-    return httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"} if key else {})
-
-
-def finished(client: httpx.Client, path: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    while (body := client.get(path).json())["status"] not in DONE:
-        assert time.monotonic() < deadline, body
-        time.sleep(POLL_S)
-    return body
+@pytest.fixture
+def url(keyed_url: str) -> str:
+    """The shared cluster's keyed app (conftest)."""
+    return keyed_url
 
 
 def test_without_a_valid_key_only_health_answers(url: str) -> None:
@@ -76,14 +52,14 @@ def test_without_a_valid_key_only_health_answers(url: str) -> None:
 def test_another_key_s_records_are_not_there(url: str) -> None:
     with as_key(url, KEY_A) as alice, as_key(url, KEY_B) as bob, as_key(url, ADMIN) as admin:
         video = alice.post("/v1/videos", json={"prompt": "alice's", "num_frames": 5}).json()
-        finished(alice, f"/v1/videos/{video['id']}")
+        ended(alice, f"/v1/videos/{video['id']}")
         session = alice.post("/v1/sessions", json={"metadata": {"who": "alice"}}).json()
         upload = alice.post(f"/v1/sessions/{session['id']}/uploads", files={"file": ("a.png", png(), "image/png")})
         assert upload.status_code == 200, upload.text
         batch = alice.post("/v1/images/batches", json={"prompts": ["a"]}).json()
-        finished(alice, f"/v1/images/batches/{batch['id']}")
+        ended(alice, f"/v1/images/batches/{batch['id']}")
         image_url = alice.post("/v1/images/generations", json={"prompt": "a", "response_format": "url"}).json()
-        image_path = httpx.URL(image_url["data"][0]["url"]).path.removeprefix(f"/{APP}")
+        image_path = httpx.URL(image_url["data"][0]["url"]).path.removeprefix(f"/{KEYED_APP}")
         assert alice.get(image_path).status_code == 200
 
         vid, sid, bid = video["id"], session["id"], batch["id"]
@@ -116,8 +92,8 @@ def test_one_key_cannot_take_every_slot(url: str) -> None:
         other = bob.post("/v1/videos", json={"prompt": "bob's turn", "num_frames": 5})
         assert other.status_code == 200, "another key still gets in"
         alice.post(f"/v1/videos/{first['id']}/cancel")
-        wait_for(alice, first["id"], DONE)
-        wait_for(bob, other.json()["id"], DONE)
+        wait_for(alice, first["id"], ENDED)
+        wait_for(bob, other.json()["id"], ENDED)
 
 
 def test_the_openai_sdk_sends_its_key(url: str) -> None:

@@ -8,9 +8,9 @@ from ray import serve
 
 from serve_app.app import build_app
 from serve_app.config import generator_name
-from tests.conftest import app_args, until, wait_for
+from tests.support.app import app_args
+from tests.support.jobs import ENDED, until, wait_for
 
-DONE = {"completed", "failed", "cancelled"}
 APP = "autoscale"
 
 
@@ -34,7 +34,7 @@ def test_a_burst_scales_a_generator_up_and_back_down(serve_url: str, tmp_path) -
             burst = [client.post("/v1/videos", json=body).json()["id"] for _ in range(6)]
             scale_up_s = until(lambda: running_replicas() >= 2, 180, "a scale-up")
             print(f"burst of 6 jobs -> a second replica RUNNING after {scale_up_s:.1f} s")
-            assert [wait_for(client, i, DONE, timeout_s=300)["status"] for i in burst] == ["completed"] * 6
+            assert [wait_for(client, i, ENDED, timeout_s=300)["status"] for i in burst] == ["completed"] * 6
             until(lambda: running_replicas() == 1, 120, "the scale-down")
     finally:
         serve.delete(APP)

@@ -1,35 +1,55 @@
-"""Every benchmark's `--smoke` mode, so none can rot: each runs in seconds at tiny sizes and must still say what
-it measures. They start Ray themselves (in their own process), so conftest runs them before the shared app."""
+"""Every benchmark's `--smoke` mode, so none can rot: each runs in seconds at tiny sizes and must still measure what it
+says: a figure parsed from its output, in a range only a working measurement gives, and its own check of the outputs.
+They start Ray themselves (in their own process), so conftest runs them before the shared app."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-SMOKES = [
-    ("interpolation", "ours (DIS ultrafast, default)"),
-    ("stage_handoff", "same clip on both paths: yes"),
-    ("serving_overhead", "same MP4 bytes from both paths: yes"),  # the service does exactly the direct work
-    ("concurrency", "every job made the direct path's MP4: yes"),
-    ("gpu_step_time", "every configuration made the same frame shape: yes"),
-    ("job_timeline", "job at the client:"),  # it found the job's generator and encoder calls in Serve's logs
-]
+NUMBER = r"(-?\d+(?:\.\d+)?)"
+# benchmark: (a check of its outputs it prints, or None; a pattern of its figures; what must hold of them)
+SMOKES: dict[str, tuple[str | None, str, Callable[..., bool]]] = {
+    # the default method's PSNR on held-out frames of a rendered scene: a broken flow or blend scores below 20 dB
+    "interpolation": (None, rf"ours \(DIS ultrafast, default\)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}",
+                      lambda fps, ms, psnr: fps > 0 and ms > 0 and 20 <= psnr <= 60),
+    "stage_handoff": ("same clip on both paths: yes",
+                      rf"generate {NUMBER} s \+ MP4 {NUMBER} s = {NUMBER} s",
+                      lambda gen, mp4, flow: gen > 0 and mp4 > 0 and abs(gen + mp4 - flow) <= 0.11),
+    "serving_overhead": ("same MP4 bytes from both paths: yes",  # the service does exactly the direct work
+                         rf"http / direct at \d+ steps \({NUMBER} s direct\): {NUMBER}x",
+                         lambda direct, ratio: direct > 0 and 0.5 <= ratio <= 100),
+    "concurrency": ("every job made the direct path's MP4: yes",
+                    rf"direct, back to back\s+{NUMBER}\s+{NUMBER}",
+                    lambda seconds, rate: seconds > 0 and rate > 0),
+    "gpu_step_time": ("every configuration made the same frame shape: yes",
+                      rf"one {NUMBER} jobs/s, two half-\w+ {NUMBER} jobs/s: {NUMBER}x",
+                      lambda one, two, ratio: one > 0 and two > 0 and 0.1 <= ratio <= 4),
+    # it found the job's generator and encoder calls in Serve's logs, and they fit inside the job
+    "job_timeline": (None, rf"job at the client: {NUMBER} ms = generator call {NUMBER} \+ encoder call {NUMBER}",
+                     lambda total, generate, encode: generate > 0 and encode > 0 and generate + encode <= total),
+}
 
 
 def test_every_benchmark_has_its_smoke_here() -> None:
     found = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
-    assert found == {name for name, _ in SMOKES}, "a benchmark CI does not run can rot unnoticed"
+    assert found == set(SMOKES), "a benchmark CI does not run can rot unnoticed"
 
 
-@pytest.mark.parametrize(("benchmark", "says"), SMOKES)
-def test_benchmark_smoke(benchmark: str, says: str) -> None:
+@pytest.mark.parametrize("benchmark", sorted(SMOKES))
+def test_benchmark_smoke(benchmark: str) -> None:
+    says, pattern, sane = SMOKES[benchmark]
     run = subprocess.run([sys.executable, "-m", f"benchmarks.{benchmark}", "--smoke"], cwd=ROOT,
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert says in run.stdout, run.stdout
+    assert says is None or says in run.stdout, run.stdout
+    found = re.search(pattern, run.stdout)
+    assert found, f"no figure matching {pattern!r} in:\n{run.stdout}"
+    figures = [float(f) for f in found.groups()]
+    assert sane(*figures), f"{benchmark} measured {figures}, out of range:\n{run.stdout}"

@@ -3,7 +3,6 @@ from the event stream, the files it saves (decoded), and exit codes that say how
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,16 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.media import mp4, png, probe
-
-CLI = Path(sys.executable).with_name("wan-serve")
-
-
-def wan(url: str, *args: str | Path, key: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "WAN_BASE_URL": url, "COLUMNS": "160"}
-    env.pop("WAN_API_KEY", None)
-    if key:
-        env["WAN_API_KEY"] = key
-    return subprocess.run([CLI, *map(str, args)], env=env, capture_output=True, text=True, timeout=300)
+from tests.support.cli import wan
 
 
 def test_generate_wait_shows_progress_and_saves_the_mp4(serve_url: str, tmp_path: Path) -> None:

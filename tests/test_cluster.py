@@ -22,11 +22,9 @@ from ray.util.state import list_actors
 
 from serve_app.app import build_app
 from serve_app.config import generator_name
-from tests.conftest import until, wait_for
 from tests.media import probe
 from tests.s3server import free_port
-
-DONE = {"completed", "failed", "cancelled"}
+from tests.support.jobs import ENDED, until, wait_for
 
 
 def gpu_model(name: str, num_gpus: float, replicas: int) -> dict[str, Any]:
@@ -118,7 +116,7 @@ def test_a_replica_that_does_not_fit_stays_pending_and_says_why(cluster: dict[st
 def test_a_job_runs_its_generator_on_the_gpu_node_and_its_stages_on_the_head(cluster: dict[str, Any]) -> None:
     with httpx.Client(base_url=cluster["url"], timeout=60) as client:
         video = client.post("/v1/videos", json={"prompt": "across nodes", "num_frames": 9, "seed": 3}).json()
-        video = wait_for(client, video["id"], DONE)
+        video = wait_for(client, video["id"], ENDED)
         assert video["status"] == "completed", video
         frames, fps, _ = probe(client.get(f"/v1/videos/{video['id']}/content").content)
         width, height = map(int, video["size"].split("x"))

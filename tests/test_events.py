@@ -17,9 +17,11 @@ from ray import serve
 from starlette.responses import Response
 from starlette.testclient import TestClient
 
-from deployments.jobstore import Job, JobStatus
+from domain.records import Job, JobParams, JobStatus
 from serve_app.events import Feeds, State, event_stream
-from tests.conftest import APP, until
+from tests.support.app import APP, KEY_A, KEY_B, as_key
+from tests.support.fakes import FakeTracker
+from tests.support.jobs import eventually, until
 from wan_client.client import Client
 
 LISTENERS = 100
@@ -73,9 +75,14 @@ def test_a_batchs_events_end_with_the_batch(client: httpx.Client) -> None:
     assert all(e == "batch.progress" for e, _, _ in stream[:-1])
 
 
-def test_another_keys_or_unknown_job_has_no_events(client: httpx.Client) -> None:
-    r = client.get("/v1/videos/video_nope/events")
-    assert r.status_code == 404 and r.json()["error"]["param"] == "video_id"
+def test_another_keys_or_unknown_job_has_no_events(keyed_url: str) -> None:
+    with as_key(keyed_url, KEY_A) as alice, as_key(keyed_url, KEY_B) as bob:
+        video = alice.post("/v1/videos", json={"prompt": "alice's", "num_frames": 5}).json()
+        for caller, video_id in ((bob, video["id"]), (alice, "video_nope")):
+            r = caller.get(f"/v1/videos/{video_id}/events")
+            assert r.status_code == 404 and r.json()["error"]["param"] == "video_id", (video_id, r.text)
+        # the same stream is there for the key that made the job (and it has ended once it says so)
+        assert events(alice, f"/v1/videos/{video['id']}/events")[-1][0] == "video.completed"
 
 
 def test_a_hundred_listeners_cost_one_tracker_watch(serve_url: str) -> None:
@@ -104,10 +111,9 @@ def test_a_hundred_listeners_cost_one_tracker_watch(serve_url: str) -> None:
         async with httpx.AsyncClient(base_url=serve_url, timeout=120, limits=limits) as client:
             started = time.monotonic()
             listeners = [asyncio.create_task(listen(client)) for _ in range(LISTENERS)]
-            while connected < LISTENERS:
-                await asyncio.sleep(0.05)
+            await eventually(lambda: connected == LISTENERS, 120, f"{LISTENERS} listeners connected")
             watches = [await tracker.watchers.remote() for _ in range(20)]  # while all 100 listen
-            seen = await asyncio.gather(*listeners)
+            seen = await asyncio.wait_for(asyncio.gather(*listeners), 240)  # the deadline only bounds a hang
             return seen, watches, time.monotonic() - started
 
     seen, watches, seconds = asyncio.run(crowd())
@@ -122,27 +128,9 @@ def test_a_hundred_listeners_cost_one_tracker_watch(serve_url: str) -> None:
 
 # --- in-process, with a fake tracker --------------------------------------------------------------------------------
 
-class FakeTracker:
-    """A test double for the JobTracker's handle: `watch` answers when the test changes the job, and counts calls."""
-
-    def __init__(self, job: Job) -> None:
-        self.job, self.calls, self.changed = job, 0, asyncio.Event()
-        self.watch = self
-
-    async def remote(self, job_id: str, version: int, position: int | None) -> tuple[Job, None]:
-        self.calls += 1
-        while self.job.version == version:
-            self.changed.clear()
-            await self.changed.wait()
-        return self.job, None
-
-    def advance(self, **fields: Any) -> None:
-        self.job = replace(self.job, version=self.job.version + 1, **fields)
-        self.changed.set()
-
-
 def _job() -> Job:
-    return Job(id="video_1", kind="video", model="m", task="t2v", prompt="p", params={}, plan={}, total_steps=5)
+    return Job(id="video_1", kind="video", model="m", task="t2v", prompt="p",
+               params=JobParams(size="64x32", seed=0, num_inference_steps=4), plan={}, total_steps=5)
 
 
 def test_listeners_share_one_watch_and_each_gets_every_change_they_can_see() -> None:
@@ -157,8 +145,7 @@ def test_listeners_share_one_watch_and_each_gets_every_change_they_can_see() -> 
                 mine.append(state.job.step)
 
         async def everyone_has(n: int) -> None:  # each change reaches every listener before the next: fast clients
-            while any(len(s) < n for s in seen):
-                await asyncio.sleep(0)
+            await eventually(lambda: all(len(s) >= n for s in seen), 10, f"{n} changes at every listener", poll_s=0)
 
         listeners = [asyncio.create_task(listen(s)) for s in seen]
         await everyone_has(1)
@@ -166,7 +153,7 @@ def test_listeners_share_one_watch_and_each_gets_every_change_they_can_see() -> 
             tracker.advance(step=step, status=JobStatus.IN_PROGRESS)
             await everyone_has(step + 1)
         tracker.advance(status=JobStatus.COMPLETED)
-        await asyncio.gather(*listeners)
+        await asyncio.wait_for(asyncio.gather(*listeners), 10)
         return seen, tracker.calls, feeds
 
     seen, calls, feeds = asyncio.run(run())

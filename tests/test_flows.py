@@ -9,12 +9,8 @@ import hashlib
 import hmac
 import io
 import json
-import queue
-import threading
-import time
 import zipfile
-from collections.abc import Callable, Iterator
-from http.server import ThreadingHTTPServer
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -27,37 +23,16 @@ from ray import serve
 
 from deployments.notifier import new_secret
 from serve_app.app import build_app
-from tests.conftest import POLL_S, app_args, metric, scrape_until, wait_for
-from tests.loopback import QuietHandler
 from tests.media import audio_info, media_file, mp4, png, probe, psnr
 from tests.s3server import free_port, s3_server
+from tests.support.app import app_args
+from tests.support.jobs import ENDED, ended, poll, wait_for
+from tests.support.metrics import metric, scrape_until
+from tests.support.webhooks import webhook_receiver
 
-DONE = {"completed", "failed", "cancelled"}
 BUCKET = "wan-flows"
 SECRET = new_secret()
 S3_KEYS = {"access_key_id": "testing", "secret_access_key": "testing", "region": "us-east-1"}
-
-
-class Receiver:
-    """A webhook endpoint on loopback: records every delivery; answers 503 to the first `fail_first`."""
-
-    def __init__(self, fail_first: int = 0) -> None:
-        self.received: queue.Queue[tuple[dict[str, str], bytes]] = queue.Queue()
-        self.fail_first = fail_first
-        outer = self
-
-        class Handler(QuietHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                outer.received.put(({k.lower(): v for k, v in self.headers.items()}, body))
-                failing = outer.fail_first > 0
-                outer.fail_first -= 1
-                self.send_response(503 if failing else 200)
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +60,7 @@ def bucket_keys(endpoint: str, prefix: str) -> set[str]:
 
 
 def completed(client: httpx.Client, video_id: str) -> dict[str, Any]:
-    video = wait_for(client, video_id, DONE, timeout_s=240)
+    video = wait_for(client, video_id, ENDED, timeout_s=240)
     assert video["status"] == "completed", video
     return video
 
@@ -94,15 +69,6 @@ def content(client: httpx.Client, video_id: str, variant: str) -> bytes:
     r = client.get(f"/v1/videos/{video_id}/content", params={"variant": variant})
     assert r.status_code == 200, r.text
     return r.content
-
-
-def poll(client: httpx.Client, path: str, until: Callable[[dict], bool], timeout_s: float = 240) -> dict:
-    """GET `path` until `until` holds, as a client would (the deadline only bounds a hang)."""
-    deadline = time.monotonic() + timeout_s
-    while not until(body := client.get(path).json()):
-        assert time.monotonic() < deadline, f"{path} never got there: {body}"
-        time.sleep(POLL_S)
-    return body
 
 
 def test_extend_twice_seams_fall_where_the_plan_says(flows: httpx.Client, s3_endpoint: str) -> None:
@@ -205,12 +171,14 @@ def test_interpolation_doubles_the_frame_rate(flows: httpx.Client) -> None:
 
 
 def test_webhook_gets_a_signed_event_with_the_assets(flows: httpx.Client) -> None:
-    receiver = Receiver(fail_first=1)
-    video = flows.post("/v1/videos", json={"prompt": "a bell", "num_frames": 5, "webhook_url": receiver.url}).json()
-    assert video["plan"]["stages"][-1] == {"kind": "notify", "params": {"url": receiver.url}}
-    first_headers, _ = receiver.received.get(timeout=120)  # answered 503: retried
-    headers, body = receiver.received.get(timeout=30)
-    assert headers["webhook-id"] == first_headers["webhook-id"], "a retry is the same delivery"
+    with webhook_receiver() as receiver:
+        receiver.script(503)
+        video = flows.post("/v1/videos", json={"prompt": "a bell", "num_frames": 5,
+                                               "webhook_url": receiver.url}).json()
+        assert video["plan"]["stages"][-1] == {"kind": "notify", "params": {"url": receiver.url}}
+        first = receiver.next(timeout_s=120)  # answered 503: retried
+        headers, body = (got := receiver.next(timeout_s=30)).headers, got.body
+    assert headers["webhook-id"] == first.headers["webhook-id"], "a retry is the same delivery"
     key = base64.b64decode(SECRET.removeprefix("whsec_"))
     signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
@@ -220,7 +188,7 @@ def test_webhook_gets_a_signed_event_with_the_assets(flows: httpx.Client) -> Non
     assert event["type"] == "video.completed" and event["data"]["id"] == video["id"]
     assert {a["name"] for a in event["data"]["assets"]} == {"video", "thumbnail"}
     assert event["data"]["assets"][0]["url"].startswith("http")
-    delivered = poll(flows, f"/v1/videos/{video['id']}", lambda v: v["webhook"] is not None)
+    delivered = poll(flows, f"/v1/videos/{video['id']}", lambda v: v["webhook"] is not None, timeout_s=240)
     assert delivered["webhook"]["delivered"] and delivered["webhook"]["attempts"] == 2
 
 
@@ -228,7 +196,7 @@ def test_batch_images_by_index_and_as_a_zip(flows: httpx.Client) -> None:
     prompts = ["a red apple", "a green pear", "a yellow lemon"]
     r = flows.post("/v1/images/batches", json={"prompts": prompts, "size": "32x64", "seed": 10})
     assert r.status_code == 200, r.text
-    batch = poll(flows, f"/v1/images/batches/{r.json()['id']}", lambda b: b["status"] in DONE)
+    batch = ended(flows, f"/v1/images/batches/{r.json()['id']}", timeout_s=240)
     assert batch["status"] == "completed" and batch["progress"] == 100
     images = [flows.get(f"/v1/images/batches/{batch['id']}/images/{i}") for i in range(3)]
     assert all(r.headers["content-type"] == "image/png" for r in images)
@@ -299,10 +267,11 @@ def test_flow_fields_are_checked(flows: httpx.Client, body: dict, param: str) ->
 def test_cancel_stops_a_job_in_its_extend_stage(flows: httpx.Client) -> None:
     video = flows.post("/v1/videos", json={"prompt": "endless", "num_frames": 81, "extensions": 5,
                                            "overlap_frames": 15, "num_inference_steps": 40}).json()
-    v = poll(flows, f"/v1/videos/{video['id']}", lambda v: v["stage"] == "extend" or v["status"] in DONE)
-    assert v["status"] not in DONE, v
+    v = poll(flows, f"/v1/videos/{video['id']}", lambda v: v["stage"] == "extend" or v["status"] in ENDED,
+             timeout_s=240)
+    assert v["status"] not in ENDED, v
     assert flows.post(f"/v1/videos/{video['id']}/cancel").status_code == 200
-    v = wait_for(flows, video["id"], DONE)
+    v = wait_for(flows, video["id"], ENDED)
     assert v["status"] == "cancelled" and v["step"] < v["total_steps"] == 40 * 6
 
 

@@ -28,7 +28,8 @@ from deployments.redact import scrub
 from serve_app import errors
 from serve_app.app import build_app
 from serve_app.gateway import api
-from tests.conftest import app_args, until
+from tests.support.app import app_args
+from tests.support.jobs import until
 
 APP, NO_DOCS = "fuzz", "nodocs"
 KEY = "sk-fuzz-0123456789"

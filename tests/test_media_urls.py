@@ -4,7 +4,6 @@ local server completes) or refused with a 4xx naming the field."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,12 +12,12 @@ import pytest
 from ray import serve
 
 from serve_app.app import build_app
-from tests.conftest import POLL_S, app_args
 from tests.media import probe
-from tests.test_outbound import CHUNK, CHUNKS, Origin, origin_server
+from tests.support.app import app_args
+from tests.support.jobs import wait_for
+from tests.support.loopback import CHUNK, CHUNKS, Origin, origin_server
 
 APP = "guarded"
-DONE = {"completed", "failed", "cancelled"}
 INTERNAL_HOOKS = ["http://169.254.169.254/latest/meta-data", "http://2130706433:8265/", "http://localhost:8265/"]
 
 
@@ -37,14 +36,6 @@ def guarded(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
         yield client
     serve.delete(APP)
-
-
-def finished(client: httpx.Client, video_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    while (video := client.get(f"/v1/videos/{video_id}").json())["status"] not in DONE:
-        assert time.monotonic() < deadline, video
-        time.sleep(POLL_S)
-    return video
 
 
 def refused(response: httpx.Response, status: int, param: str) -> dict[str, Any]:
@@ -71,7 +62,7 @@ def test_an_image_by_url_makes_a_video(guarded: httpx.Client, origin: Origin) ->
     video = guarded.post("/v1/videos", json={"prompt": "the cat turns", "num_frames": 9,
                                              "input_reference": origin.url("/image.png")})
     assert video.status_code == 200, video.text
-    video = finished(guarded, video.json()["id"])
+    video = wait_for(guarded, video.json()["id"])
     assert (video["status"], video["task"]) == ("completed", "i2v"), video
     frames, _, codec = probe(guarded.get(f"/v1/videos/{video['id']}/content").content)
     assert codec == "h264" and frames.shape == (9, 32, 64, 3)

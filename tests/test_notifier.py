@@ -11,13 +11,9 @@ import hashlib
 import hmac
 import itertools
 import json
-import queue
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import openai
@@ -26,9 +22,8 @@ import pytest
 from deployments import notifier
 from deployments.notifier import Delivery, Notifier, deliver, new_secret, sign
 from deployments.outbound import guarded_client
-from tests.loopback import QuietHandler, loopback_server
+from tests.support.webhooks import HANG, WebhookReceiver, webhook_receiver
 
-HANG = 0  # a scripted status that makes the receiver hold the request without answering
 EVENT: dict[str, Any] = {
     "id": "evt_0123456789abcdef",
     "object": "event",
@@ -38,64 +33,10 @@ EVENT: dict[str, Any] = {
 }
 
 
-@dataclass
-class Received:
-    headers: dict[str, str]
-    body: bytes
-    at: float  # time.monotonic() on arrival
-
-
-@dataclass
-class Receiver:
-    """A loopback HTTP server: answers POSTs from `replies` in order (then 200) and records each into `received`."""
-
-    url: str
-    received: queue.Queue[Received] = field(default_factory=queue.Queue)
-    replies: queue.Queue[tuple[int, dict[str, str]]] = field(default_factory=queue.Queue)
-    release: threading.Event = field(default_factory=threading.Event)
-
-    def script(self, *replies: int | tuple[int, dict[str, str]]) -> None:
-        for reply in replies:
-            self.replies.put(reply if isinstance(reply, tuple) else (reply, {}))
-
-    def drain(self) -> list[Received]:
-        """Everything received so far: `deliver` has returned, so every attempt it made is already here."""
-        out = []
-        while not self.received.empty():
-            out.append(self.received.get_nowait())
-        return out
-
-
-def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
-    class Handler(QuietHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            receiver.received.put(Received(dict(self.headers.items()), body, time.monotonic()))
-            try:
-                status, headers = receiver.replies.get_nowait()
-            except queue.Empty:
-                status, headers = 200, {}
-            if status == HANG:
-                receiver.release.wait(timeout=30)
-                return
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    return Handler
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with loopback_server() as server:
-        rec = Receiver(url=f"http://127.0.0.1:{server.server_address[1]}/hooks/wan")
-        server.RequestHandlerClass = _handler(rec)
-        try:
-            yield rec
-        finally:
-            rec.release.set()  # a handler left waiting lets the server stop
+def receiver() -> Iterator[WebhookReceiver]:
+    with webhook_receiver() as rec:
+        yield rec
 
 
 def run_deliver(url: str, secret: str | None, *, max_attempts: int = 3, backoff_s: float = 0.01,
@@ -113,7 +54,7 @@ def unwrap(body: bytes, headers: dict[str, str], secret: str) -> Any:
     return openai.OpenAI(api_key="x").webhooks.unwrap(body, headers, secret=secret)
 
 
-def test_signed_delivery_verifies_with_the_openai_sdk(receiver: Receiver) -> None:
+def test_signed_delivery_verifies_with_the_openai_sdk(receiver: WebhookReceiver) -> None:
     secret = new_secret()
     before = int(time.time())
     assert run_deliver(receiver.url, secret) == Delivery(True, 1, 200, None)
@@ -142,7 +83,7 @@ def test_sign_matches_the_standard_webhooks_reference_vector() -> None:
     assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
-def test_tampered_body_or_wrong_secret_fails_verification(receiver: Receiver) -> None:
+def test_tampered_body_or_wrong_secret_fails_verification(receiver: WebhookReceiver) -> None:
     secret = new_secret()
     assert run_deliver(receiver.url, secret).delivered
     [got] = receiver.drain()
@@ -160,7 +101,7 @@ def test_new_secret_is_a_fresh_32_byte_key() -> None:
     assert len(base64.b64decode(a.removeprefix("whsec_"))) == 32
 
 
-def test_unsigned_when_there_is_no_secret(receiver: Receiver) -> None:
+def test_unsigned_when_there_is_no_secret(receiver: WebhookReceiver) -> None:
     assert run_deliver(receiver.url, None).delivered
     [got] = receiver.drain()
     headers = {k.lower() for k in got.headers}
@@ -168,7 +109,7 @@ def test_unsigned_when_there_is_no_secret(receiver: Receiver) -> None:
     assert "webhook-signature" not in headers
 
 
-def test_5xx_is_retried_with_backoff_and_the_same_webhook_id(receiver: Receiver) -> None:
+def test_5xx_is_retried_with_backoff_and_the_same_webhook_id(receiver: WebhookReceiver) -> None:
     secret = new_secret()
     receiver.script(503, 503)
     backoff_s = 0.05
@@ -183,27 +124,27 @@ def test_5xx_is_retried_with_backoff_and_the_same_webhook_id(receiver: Receiver)
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502])
-def test_transient_statuses_are_retried(receiver: Receiver, status: int) -> None:
+def test_transient_statuses_are_retried(receiver: WebhookReceiver, status: int) -> None:
     receiver.script(status)
     assert run_deliver(receiver.url, new_secret()) == Delivery(True, 2, 200, None)
     assert len(receiver.drain()) == 2
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 410, 302])
-def test_other_non_2xx_answers_are_final(receiver: Receiver, status: int) -> None:
+def test_other_non_2xx_answers_are_final(receiver: WebhookReceiver, status: int) -> None:
     receiver.script(status)
     assert run_deliver(receiver.url, new_secret(), max_attempts=5) == Delivery(False, 1, status, f"HTTP {status}")
     assert len(receiver.drain()) == 1
 
 
-def test_retry_after_is_honoured(receiver: Receiver) -> None:
+def test_retry_after_is_honoured(receiver: WebhookReceiver) -> None:
     receiver.script((429, {"Retry-After": "1"}))
     assert run_deliver(receiver.url, new_secret(), backoff_s=0.001).delivered
     first, second = receiver.drain()
     assert second.at - first.at >= 1.0
 
 
-def test_retry_after_is_capped(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_retry_after_is_capped(receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(notifier, "MAX_RETRY_AFTER_S", 0.2)
     receiver.script((503, {"Retry-After": "3600"}))
     assert run_deliver(receiver.url, new_secret(), backoff_s=0.001) == Delivery(True, 2, 200, None)
@@ -219,7 +160,7 @@ def test_unreachable_receiver_gives_up_after_max_attempts() -> None:
     assert delivery.error == "connection refused", "what failed, never the address or errno text"
 
 
-def test_a_receiver_that_never_answers_times_out_each_attempt(receiver: Receiver) -> None:
+def test_a_receiver_that_never_answers_times_out_each_attempt(receiver: WebhookReceiver) -> None:
     receiver.script(HANG, HANG)
     delivery = run_deliver(receiver.url, new_secret(), max_attempts=2, timeout_s=0.3)
     assert (delivery.delivered, delivery.attempts, delivery.status_code) == (False, 2, None)
@@ -234,14 +175,14 @@ def test_a_url_without_http_is_not_retried() -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "169.254.169.254", "2130706433"])
-def test_an_internal_address_is_a_final_failure_unless_opted_in(receiver: Receiver, host: str) -> None:
+def test_an_internal_address_is_a_final_failure_unless_opted_in(receiver: WebhookReceiver, host: str) -> None:
     url = receiver.url.replace("127.0.0.1", host)
     assert run_deliver(url, None, max_attempts=5, allow_private=False) == Delivery(False, 1, None,
                                                                                    "address not allowed")
     assert receiver.drain() == [], "nothing was sent"
 
 
-def test_notifier_returns_the_delivery_as_a_dict(receiver: Receiver) -> None:
+def test_notifier_returns_the_delivery_as_a_dict(receiver: WebhookReceiver) -> None:
     secret = new_secret()
     receiver.script(500)
     # The deployment's own class, outside Ray: construction and `notify` are plain Python.

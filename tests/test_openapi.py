@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from serve_app.gateway import api
 from serve_app.openapi import EXAMPLES
 from serve_app.schemas import ImageBatchRequest, ImageGenerationRequest, RouteRequest, VideoCreateRequest
-from tests.conftest import until, wait_for
+from tests.support.jobs import until, wait_for
 
 DOCUMENT = api.openapi()
 BODIES: dict[str, type[BaseModel]] = {

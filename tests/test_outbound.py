@@ -4,13 +4,9 @@ redirects, the size cap and the timeout; and media URLs through `MediaResolver`,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any, TypeVar
 
 import httpx
@@ -22,79 +18,12 @@ from serve_app.config import AppConfig
 from serve_app.errors import APIError
 from serve_app.media import MediaResolver, check_webhook
 from serve_app.schemas import VideoCreateRequest
-from tests.loopback import QuietHandler, loopback_server
-from tests.media import png
+from tests.support.loopback import CHUNK, CHUNKS, PNG, Origin, origin_server
 
 T = TypeVar("T")
-PNG = png()
-CHUNK, CHUNKS = 64 * 1024, 20  # /chunked sends 1.25 MiB
 REFUSED = ["127.0.0.1", "10.0.0.1", "169.254.169.254", "[::1]", "[::ffff:127.0.0.1]", "2130706433", "0x7f000001",
            "100.64.0.1", "224.0.0.1", "0.0.0.0", "localhost", "[64:ff9b::a00:1]", "[2002:a9fe:a9fe::]", "[fe80::1]",
            "[64:ff9b:1::a00:1]", "192.168.1.1", "172.16.0.1", "240.0.0.1"]
-
-
-@dataclass
-class Origin:
-    """A loopback HTTP server: records each request's path and Host header; `hang` holds /slow until set."""
-
-    port: int
-    seen: list[tuple[str, str]] = field(default_factory=list)
-    hang: threading.Event = field(default_factory=threading.Event)
-
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
-
-
-def _handler(origin: Origin) -> type[BaseHTTPRequestHandler]:
-    class Handler(QuietHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            origin.seen.append((self.path, self.headers.get("Host", "")))
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client stopped reading (the cap)
-                self._answer()
-
-        def _answer(self) -> None:
-            match self.path:
-                case "/image.png":
-                    self._send(200, PNG, {"Content-Type": "image/png"})
-                case "/redirect":
-                    self._send(302, b"", {"Location": "/image.png"})
-                case "/declared":  # claims a gigabyte: refused before reading any of it
-                    self._send(200, b"x" * 10, {"Content-Length": str(2**30)})
-                case "/chunked":  # no length: only counting the chunks catches it
-                    self.send_response(200)
-                    self.send_header("Transfer-Encoding", "chunked")
-                    self.end_headers()
-                    for _ in range(CHUNKS):
-                        self.wfile.write(f"{CHUNK:x}\r\n".encode() + b"x" * CHUNK + b"\r\n")
-                    self.wfile.write(b"0\r\n\r\n")
-                case "/slow":
-                    origin.hang.wait(timeout=30)
-                case _:
-                    self._send(404, b"not here", {})
-
-        def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-            self.send_response(status)
-            headers.setdefault("Content-Length", str(len(body)))
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-    return Handler
-
-
-@contextlib.contextmanager
-def origin_server() -> Iterator[Origin]:
-    """The origin, served on loopback from a thread until the block ends."""
-    with loopback_server() as server:
-        org = Origin(port=server.server_address[1])
-        server.RequestHandlerClass = _handler(org)
-        try:
-            yield org
-        finally:
-            org.hang.set()  # a handler left hanging lets the server stop
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from serve_app.config import AppConfig
 from serve_app.query import answer_query, unavailable_models
 from serve_app.router import Media
 from serve_app.schemas import RouteRequest
-from tests.conftest import app_args, until
+from tests.support.app import app_args
+from tests.support.jobs import until
 
 APP = "route"
 IMAGE = np.zeros((32, 64, 3), np.uint8)

@@ -18,8 +18,8 @@ import pytest
 from ray import serve
 
 from serve_app.app import build_app
-from tests.conftest import app_args
 from tests.media import png
+from tests.support.app import app_args
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # what the browser needs on a machine with no network and no display; a fresh profile each time
