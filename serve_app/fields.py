@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deployments.plan import FlowInputs, Plan, Submission
-from domain.records import Job, JobKind, JobParams
+from domain.records import Job, JobKind, JobParams, JobType
 from pipelines.conditioning import ResizePolicy
 from pipelines.options import LoraChoice, Scheduler
 from pipelines.variants import Task, Variant
@@ -65,7 +65,7 @@ class Fields:
     interpolation_factor: int | None = None
     session_id: str | None = None
     webhook_url: str | None = None
-    job_type: str | None = None
+    job_type: JobType | None = None
     preset: str | None = None  # the one resolved, once presets are applied
     scheduler: Scheduler | None = None
     loras: list[LoraChoice] | None = None  # None: the preset's; []: none

@@ -27,8 +27,8 @@ from serve_app.config import AppConfig
 from serve_app.errors import APIError
 from serve_app.fields import Media
 from serve_app.limits import media_bounds
+from serve_app.schemas import MEDIA_FIELDS
 
-MEDIA_FIELDS = ("input_reference", "last_image", "video", "mask", "reference_image", "pose_video", "face_video")
 URL_SCHEMES = ("https://", "http://")
 
 

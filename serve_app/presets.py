@@ -8,31 +8,32 @@ configured defaults, the catalog. The preset's name is written back into the fie
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, get_args
+from typing import Any
 
 from deployments.plan import EnhanceParams
+from domain.records import JobType
 from pipelines.request import InvalidRequest, LoraUse, check_loras
 from pipelines.variants import Task
-from serve_app.config import AppConfig, JobType, ModelConfig, Sampling
+from serve_app.config import DEFAULT_JOB_TYPES, AppConfig, ModelConfig, Sampling
 from serve_app.fields import Fields
 
-JOB_TYPES: tuple[JobType, ...] = get_args(JobType)
+JOB_TYPES = tuple(DEFAULT_JOB_TYPES)  # the ones a model maps to presets; an *_enhanced one runs its plain type's
 
 
 def frames_for_job_type(config: AppConfig, fields: Fields) -> Fields:
     """An image job type makes one frame, a video one more than one, and an *_enhanced one turns on prompt
     enhancement: settled before the task is inferred."""
-    job_type = fields.job_type
-    enhanced = fields.enhance_prompt or bool(job_type and job_type.endswith("_enhanced"))
+    job_type = None if fields.job_type is None else JobType(fields.job_type)
+    enhanced = fields.enhance_prompt or bool(job_type and job_type.enhanced)
     if enhanced and config.enhancer is None:
         param = "enhance_prompt" if fields.enhance_prompt else "job_type"
         raise InvalidRequest(param, "prompt enhancement is not offered here: no prompt enhancer is configured"
-                             + (f"; send {job_type.removesuffix('_enhanced')}" if job_type else ""),
+                             + (f"; send {job_type.base}" if job_type else ""),
                              code="unsupported_job_type" if param == "job_type" else "enhancer_unavailable")
-    fields = replace(fields, enhance_prompt=enhanced)
+    fields = replace(fields, job_type=job_type, enhance_prompt=enhanced)
     if job_type is None:
         return fields
-    if job_type.startswith("image_"):
+    if job_type.image:
         if fields.seconds is not None or fields.num_frames not in (None, 1):
             raise InvalidRequest("job_type", f"{job_type} makes one image; drop num_frames and seconds, or send a "
                                              "video job type")
@@ -56,8 +57,7 @@ def apply_preset(config: AppConfig, model: ModelConfig, fields: Fields) -> Field
         raise InvalidRequest("preset", "send job_type or preset, not both")
     name = fields.preset
     if fields.job_type is not None:
-        job_type = fields.job_type.removesuffix("_enhanced")
-        name = config.preset_name(model, job_type)  # type: ignore[arg-type]  # checked by frames_for_job_type
+        name = config.preset_name(model, fields.job_type)
     if name is not None:
         preset = model.all_presets.get(name)
         if preset is None:
