@@ -9,7 +9,7 @@ import time
 
 from ray import serve
 
-from pipelines.enhance import INTENT_SYSTEM, Kind, load_enhancer
+from pipelines.enhance import Kind, Reading, load_enhancer
 
 log = logging.getLogger("ray.serve")
 
@@ -29,6 +29,7 @@ class PromptEnhancer:
         text = await asyncio.to_thread(self._enhancer.enhance, prompt, kind, seed, self._max_new_tokens)
         return text[: self._max_chars].strip(), self._enhancer.name
 
-    async def read_intent(self, query: str) -> str:
-        """The model's reading of a query in words, as JSON text (`serve_app/intent.py` parses and checks it)."""
-        return await asyncio.to_thread(self._enhancer.chat, INTENT_SYSTEM, query, 0, 128)
+    async def read_intent(self, query: str, max_input_tokens: int, max_new_tokens: int, max_time: float) -> Reading:
+        """The model's reading of a query in words, as JSON text (`serve_app/intent.py` parses and checks it). The
+        caller's bounds hold here too, so a reading it gave up on does not keep this replica busy for long."""
+        return await asyncio.to_thread(self._enhancer.read, query, max_input_tokens, max_new_tokens, max_time)

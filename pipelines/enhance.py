@@ -10,6 +10,7 @@ twins draw it.
 from __future__ import annotations
 
 import threading
+import time
 import unicodedata
 from dataclasses import dataclass
 from typing import Literal
@@ -45,6 +46,17 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
+@dataclass(frozen=True)
+class Reading:
+    """An LLM's reading of a query (`INTENT_SYSTEM`'s JSON text) and the bound that cut it short, in words ("" when
+    none did): a reading cut short is not used, and the keyword rules answer instead."""
+
+    text: str
+    query_tokens: int
+    new_tokens: int = 0
+    bound: str = ""
+
+
 @dataclass
 class Enhancer:
     """A loaded enhancer: not thread-safe (one `generate` at a time), so calls take the lock."""
@@ -58,18 +70,39 @@ class Enhancer:
         """The rewritten prompt (stripped; empty when the model wrote nothing usable). Same seed, same words."""
         return self.chat(SYSTEM_PROMPTS[kind], prompt, seed, max_new_tokens)
 
+    def read(self, query: str, max_input_tokens: int, max_new_tokens: int, max_time: float) -> Reading:
+        """`INTENT_SYSTEM`'s reading of `query`, within bounds so that a long query cannot hold the model: a query
+        over `max_input_tokens` is not read at all (a reading of its start could miss what the rest asks, so it
+        would not be used), and generation stops at `max_new_tokens` or after `max_time` seconds."""
+        tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+        if tokens > max_input_tokens:
+            return Reading("", tokens, bound=f"the query is {tokens:,} tokens, over its bound of {max_input_tokens:,}")
+        started = time.monotonic()
+        text, new_tokens = self._generate(INTENT_SYSTEM, query, 0, max_new_tokens, max_time)
+        if time.monotonic() - started >= max_time:
+            return Reading(text, tokens, new_tokens, f"it reached its bound of {max_time:g} s")
+        if new_tokens >= max_new_tokens:
+            return Reading(text, tokens, new_tokens, f"it reached its bound of {max_new_tokens} new tokens")
+        return Reading(text, tokens, new_tokens)
+
     def chat(self, system: str, user: str, seed: int, max_new_tokens: int) -> str:
         """The model's answer to `user` under `system`, printable and on one line."""
+        return self._generate(system, user, seed, max_new_tokens, None)[0]
+
+    def _generate(self, system: str, user: str, seed: int, max_new_tokens: int,
+                  max_time: float | None) -> tuple[str, int]:
+        """(the answer, how many tokens the model wrote); it stops after `max_time` seconds of generation if set."""
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                     return_dict=True).to(self.model.device)
         with self.lock, torch.inference_mode():
             torch.manual_seed(seed)
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.7,
-                                      top_p=0.9, pad_token_id=self.tokenizer.pad_token_id)
-        text = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, max_time=max_time, do_sample=True,
+                                      temperature=0.7, top_p=0.9, pad_token_id=self.tokenizer.pad_token_id)
+        written = out[0, inputs["input_ids"].shape[1]:]
+        text = self.tokenizer.decode(written, skip_special_tokens=True)
         printable = "".join(c for c in text if not unicodedata.category(c).startswith("C") or c.isspace())
-        return " ".join(printable.split())
+        return " ".join(printable.split()), len(written)
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:

@@ -289,6 +289,11 @@ class AuthConfig(_Strict):
     """API keys (`Authorization: Bearer <key>`); with none configured the service runs open."""
 
     api_keys: list[SecretStr] = Field(default_factory=list, description="keys, or `sha256:<hex>` digests of them")
+    # POST /v1/route's reading of a query in words: past any bound the keyword rules answer, and the answer says so
+    read_max_input_tokens: int = Field(1024, ge=16, le=32768, description="a longer query (in the model's tokens) "
+                                       "is not given to the model")
+    read_max_new_tokens: int = Field(128, ge=16, le=1024, description="a reading cut off here is not used")
+    read_timeout_s: float = Field(10.0, gt=0, description="the route stops waiting, and the model stops writing")
     admin_keys: list[SecretStr] = Field(default_factory=list, description="keys that see every key's records")
     keys_env: str = Field("WAN_SERVE_API_KEYS", description="env var holding more keys, comma-separated")
     required: bool = Field(False, description="refuse to start without a key: production configs set it")

@@ -6,8 +6,10 @@ tracker); `install` maps each to its HTTP status here, so no module below the ha
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +25,7 @@ RETRY_AFTER_S = 30  # what a 429 asks a client to wait: about one short generati
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict_error",
           413: "invalid_request_error", 416: "invalid_request_error", 422: "invalid_request_error",
           429: "rate_limit_error"}
+MAX_ECHO = 40  # characters of a refused value that its error repeats: the message stays short for a long one
 
 
 class APIError(Exception):
@@ -41,12 +44,23 @@ def error_response(error: APIError) -> JSONResponse:
 
 
 def from_validation_error(exc: ValidationError | RequestValidationError) -> APIError:
-    """The first pydantic error as a 400 naming its field (body/query prefixes dropped)."""
+    """The first pydantic error as a 400 naming its field (body/query prefixes dropped); a value outside a fixed set
+    (a Literal or an enum) is named with the values taken, as OpenAI's errors do, so a client sees its mistake."""
     err = exc.errors()[0]
     loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
     param = ".".join(loc) or None
-    message = f"{param}: {err['msg']}" if param else err["msg"]
+    what = err["msg"].removeprefix("Value error, ")
+    if err["type"] in ("literal_error", "enum"):
+        what = f"{_echo(err.get('input'))} is not one of {err['ctx']['expected']}"
+    message = f"{param}: {what}" if param else what
     return APIError(400, message, param=param, code="invalid_value" if param else "invalid_request")
+
+
+def _echo(value: Any) -> str:
+    """A refused value as its error repeats it: quoted as the values taken are, cut short past MAX_ECHO."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    cut = text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + "..."
+    return repr(cut) if isinstance(value, str) else cut
 
 
 def as_api_error(exc: Exception) -> APIError:

@@ -23,7 +23,8 @@ _INTO = re.compile(rf"^.*?\binto\s+(?:an?\s+)?({_VIDEO}|{_IMAGE})\b\s*(?:of|show
                    re.IGNORECASE)
 _QUESTION = re.compile(r"^\s*(?:what|who|why|how|when|where|which|is|are|do|does|did|can|could|should|will|would|"
                        r"hi|hello|hey|thanks|thank you)\b|\?\s*$", re.IGNORECASE)
-_SECONDS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:-\s*)?(s|sec|secs|seconds?|min|mins|minutes?)\b", re.IGNORECASE)
+# a number starts after a non-digit: else a long run of digits is tried from each of its digits (quadratic)
+_SECONDS = re.compile(r"(?<!\d)(\d+(?:\.\d+)?)\s*(?:-\s*)?(s|sec|secs|seconds?|min|mins|minutes?)\b", re.IGNORECASE)
 _LEAD = re.compile(
     rf"^\s*(?:please\s+|can you\s+|could you\s+|i (?:want|need|would like)\s+(?:you to\s+)?)?"
     rf"(?:(?:{_ASK})\s+(?:me\s+)?)?(?:an?\s+|the\s+|some\s+)?(?:\d+(?:\.\d+)?\s*-?\s*(?:s|sec|seconds?)\s+(?:long\s+)?)?"

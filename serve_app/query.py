@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
+from pipelines.enhance import Reading
 from pipelines.request import InvalidRequest
 from pipelines.variants import Task
 from serve_app.config import AppConfig
 from serve_app.fields import Fields, Media, Routed
-from serve_app.intent import parse_reading, read_intent
+from serve_app.intent import Intent, parse_reading, read_intent
 from serve_app.router import route
 from serve_app.schemas import RouteAnswer, RouteRequest
 
@@ -20,23 +21,18 @@ INPUTS = ("input_reference", "last_image", "video", "mask", "reference_image", "
 
 
 def answer_query(config: AppConfig, body: RouteRequest, media: Media, job_id: str, unavailable: dict[str, str],
-                 reading: str | None = None) -> tuple[Routed | None, RouteAnswer, Fields | None]:
+                 reading: Reading | None = None) -> tuple[Routed | None, RouteAnswer, Fields | None]:
     """The routed job (None when the words ask for none), the answer, and the fields it was routed with.
 
     `unavailable`: why a served model cannot take a job now (no running replica, its admission limit), by name.
-    `reading`: the enhancer's reading of the words (JSON text), when one is configured; keyword rules otherwise,
-    and where the reading is not usable.
+    `reading`: the enhancer's reading of the words, when one is configured; keyword rules otherwise, and where the
+    reading hit a bound or is not usable.
     """
-    intent = parse_reading(reading, f"the enhancer ({config.enhancer.model})") \
-        if reading is not None and config.enhancer is not None else None
-    if intent is None:
-        intent = read_intent(body.query)
-        if reading is not None:
-            intent = replace(intent, reason=f"{intent.reason} (keyword rules: the enhancer's reading was not usable)")
+    intent, reader = _read(config, body.query, reading)
     sent = [name for name in INPUTS if getattr(body, name) is not None]
     if not intent.generate and not sent:
-        return None, RouteAnswer(generation=False, answer=intent.answer, reason=intent.reason), None
-    modality = body.modality or intent.modality
+        return None, RouteAnswer(generation=False, answer=intent.answer, reason=intent.reason, reading=reader), None
+    modality = intent.modality if body.modality in (None, "text") else body.modality
     quality = None if body.prefer_quality is None else ("high" if body.prefer_quality else "fast")
     fields = Fields(prompt=intent.prompt or body.query, model=body.model, num_frames=1 if modality == "image" else None,
                     job_type=f"{modality or 'video'}_{quality}" if quality else None, session_id=body.session_id,
@@ -68,8 +64,22 @@ def answer_query(config: AppConfig, body: RouteRequest, media: Media, job_id: st
     answer = RouteAnswer(generation=True, reason="; ".join(reasons), task=task.value, model=routed.variant.name,
                          fallback=fallback, prompt=fields.prompt, size=p["size"], num_frames=p["num_frames"],
                          seconds=p["seconds"], fps=p["fps"], num_inference_steps=p["num_inference_steps"],
-                         plan=routed.plan.model_dump())
+                         plan=routed.plan.model_dump(), reading=reader)
     return routed, answer, fields
+
+
+def _read(config: AppConfig, query: str, reading: Reading | None) -> tuple[Intent, Literal["enhancer", "keywords"]]:
+    """The words' intent, and what read it: the enhancer where its reading is whole and usable, else the keyword
+    rules, whose reason then says why the reading was not used."""
+    if reading is None or config.enhancer is None:
+        return read_intent(query), "keywords"
+    intent = None if reading.bound else parse_reading(reading.text, f"the enhancer ({config.enhancer.model})")
+    if intent is not None:
+        return intent, "enhancer"
+    intent = read_intent(query)
+    why = f" ({reading.bound})" if reading.bound else ""
+    return replace(intent, reason=f"{intent.reason} (keyword rules: the enhancer's reading was not usable{why})"), \
+        "keywords"
 
 
 def unavailable_models(config: AppConfig, counts: dict[str, dict[str, int]],
@@ -98,12 +108,18 @@ def _why_model(config: AppConfig, body: RouteRequest, name: str, task: Task, fal
     return f"{name} is the first served model that does {task.value}"
 
 
-async def enhancer_reading(enhancer: Any, config: AppConfig, query: str) -> str | None:
-    """The enhancer's reading of a query in words (its deployment handle), if one is configured and answers in
-    time: None without one (the keyword rules answer), "" when it fails or is slow (the rules answer, and say so)."""
+async def enhancer_reading(enhancer: Any, config: AppConfig, query: str) -> Reading | None:
+    """The enhancer's reading of a query in words (its deployment handle) within the configured bounds: None without
+    an enhancer; an empty reading, which the keyword rules answer for, when it fails or is slow. The replica is given
+    the same bounds, so one that is given up on stops soon after and takes the next query."""
     if enhancer is None or config.enhancer is None:
         return None
+    e = config.enhancer
+    response = enhancer.read_intent.remote(query, e.read_max_input_tokens, e.read_max_new_tokens, e.read_timeout_s)
     try:
-        return await asyncio.wait_for(enhancer.read_intent.remote(query), config.enhancer.timeout_s)
+        return await asyncio.wait_for(response, e.read_timeout_s)
+    except TimeoutError:
+        response.cancel()
+        return Reading("", 0, bound=f"it took longer than its bound of {e.read_timeout_s:g} s")
     except Exception:
-        return ""
+        return Reading("", 0)

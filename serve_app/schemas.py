@@ -9,7 +9,16 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from pipelines.options import LoraChoice, Scheduler
 from pipelines.request import MAX_LORAS, MAX_PROMPT_CHARS
@@ -120,15 +129,43 @@ class VideoCreateRequest(_Tuning):
     webhook_url: HttpUrl | None = Field(None, description="POSTed a signed event when the job ends")
 
 
+def _json_object(value: Any) -> Any:
+    """Multipart carries `context` as JSON text; JSON bodies carry it as an object."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError('must be a JSON object such as {"prefer_quality": true}') from None
+    return value
+
+
+PreferQuality = Annotated[bool | None, Field(description="true: the *_high job type; false: *_fast; unset: the "
+                                                       "model's defaults")]
+MaxDuration = Annotated[float | None, Field(gt=0, le=60, description="seconds; a longer ask is shortened")]
+
+
+class RouteContext(_Body):
+    """S3's form of the preferences, nested in `context`: the same as the top-level fields of the same names."""
+
+    prefer_quality: PreferQuality = None
+    max_duration: MaxDuration = None
+
+
 class RouteRequest(_Body):
-    """POST /v1/route: what to make, in words, with optional media and preferences."""
+    """POST /v1/route: what to make, in words, with optional media and preferences (top-level, or in `context` as
+    S3's routing API sent them)."""
 
     query: Prompt = Field(description='e.g. "Generate a video of a cat playing in the garden"')
     model: str | None = Field(None, description="a served model to use; unset: the one the query and inputs need")
-    modality: Literal["video", "image"] | None = Field(None, description="unset: what the words ask for")
-    prefer_quality: bool | None = Field(None, description="true: the *_high job type; false: *_fast; unset: the "
-                                                          "model's defaults")
-    max_duration: float | None = Field(None, gt=0, le=60, description="seconds; a longer ask is shortened")
+    modality: Literal["text", "video", "image"] | None = Field(
+        None, description="video or image: make that, whatever the words say; text (S3's form, the kind of input): "
+                          "the query is words only, so the words decide, as when unset. The media sent still decide "
+                          "the task")
+    prefer_quality: PreferQuality = None
+    max_duration: MaxDuration = None
+    context: Annotated[RouteContext | None, BeforeValidator(_json_object)] = Field(
+        None, description='S3\'s form of the preferences, e.g. {"prefer_quality": true, "max_duration": 10}; one that '
+                          "says otherwise than the same top-level field is a 400")
     create: bool = Field(False, description="also create the job; else only say what would run")
     input_reference: str | None = None
     last_image: str | None = None
@@ -139,6 +176,23 @@ class RouteRequest(_Body):
     face_video: str | None = None
     session_id: str | None = None
     webhook_url: HttpUrl | None = None
+
+    @field_validator("context")
+    @classmethod
+    def _agrees(cls, context: RouteContext | None, info: ValidationInfo) -> RouteContext | None:
+        """A preference sent twice must say the same both times: which one to follow would be a guess."""
+        for name, value in (context.model_dump(exclude_none=True) if context else {}).items():
+            if info.data.get(name) not in (None, value):
+                raise ValueError(f"context.{name} is {value!r} but the top-level {name} is {info.data[name]!r}; "
+                                 "send one, or the same value in both")
+        return context
+
+    @model_validator(mode="after")
+    def _from_context(self) -> RouteRequest:
+        """The preferences in `context` are the top-level ones: the router reads only those."""
+        for name, value in (self.context.model_dump(exclude_none=True) if self.context else {}).items():
+            setattr(self, name, value)
+        return self
 
 
 class VideoError(BaseModel):
@@ -241,6 +295,9 @@ class RouteAnswer(BaseModel):
     generation: bool = Field(description="false: the query asks for no video or image (see `answer`)")
     answer: str | None = None
     reason: str = Field(description="why this task and this model, in words")
+    reading: Literal["enhancer", "keywords"] = Field(
+        "keywords", description="what read the words: the prompt enhancer's model, or the keyword rules (no enhancer "
+                                "configured, or its reading hit a bound or was not usable: `reason` says which)")
     task: str | None = None
     model: str | None = None
     fallback: dict[str, str] | None = Field(None, description="the model first chosen and why another serves")
