@@ -1,8 +1,10 @@
 """FlowRunner: the one owner of every job, from its creation to its end.
 
 `submit` admits jobs (all or none, with this replica recorded as their owner) and runs each in a task of
-its own; every way out of that task (completed, failed, cancelled, the task itself cancelled) ends the job
-in one place, `_end`. A replica that is shut down waits for its jobs first (`__del__`, within the
+its own; every way out of that task (completed, failed, cancelled, the task itself cancelled) decides the job's
+end in one place, `_own`, and hands it to `JobTracker.finish`, which records it and does what follows (the end
+webhook, the removal of a job deleted while it ran): the runner sends no webhook and deletes no file, so a runner
+that dies after the end loses nothing. A replica that is shut down waits for its jobs first (`__del__`, within the
 deployment's graceful shutdown); one that dies leaves them to the JobTracker's sweep.
 
 The runner executes a job's Plan stage by stage through DeploymentHandles. Frames never come here: each
@@ -28,7 +30,6 @@ from ray.exceptions import RayActorError, TaskCancelledError
 from ray.serve.exceptions import ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from deployments.assets import AssetLinks
 from deployments.plan import (
     Encode,
     Enhance,
@@ -44,9 +45,7 @@ from deployments.plan import (
     Upload,
 )
 from deployments.redact import scrub
-from deployments.storage import S3Config
 from domain.records import Idempotency, Job, JobStatus
-from domain.views import job_event
 from pipelines.request import GenerationCancelled, InvalidRequest
 
 log = logging.getLogger("ray.serve")
@@ -115,14 +114,10 @@ class FlowRunner:
         generators: dict[str, DeploymentHandle],
         stages: dict[str, DeploymentHandle],
         tracker: DeploymentHandle,
-        s3: S3Config | None = None,
-        public_url: str = "",
     ) -> None:
         self._generators = generators
-        self._stages = stages  # extend, interpolate, encode, upload, notify
+        self._stages = stages  # enhance, extend, interpolate, encode, upload
         self._tracker = tracker
-        self._links = AssetLinks(s3)
-        self._public_url = public_url
         self._owner = serve.get_replica_context().replica_id.to_full_id_str()  # the actor the sweep checks
         self._tasks: set[asyncio.Task] = set()
         self._waiters = ThreadPoolExecutor(max_workers=64, thread_name_prefix="settle")
@@ -193,24 +188,12 @@ class FlowRunner:
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
-            await asyncio.shield(self._end(job_id, plan, end))
+            await asyncio.shield(self._end(job_id, end))
 
-    async def _end(self, job_id: str, plan: Plan, end: Ending) -> None:
-        """Record the end, deliver the webhook, and remove a job whose deletion was asked for while it ran."""
+    async def _end(self, job_id: str, end: Ending) -> None:
+        """Hand the end to the tracker, which records it, sends the webhook and removes a job deleted while it ran."""
         try:
-            job: Job | None = await self._tracker.finish.remote(job_id, end.status, assets=end.assets,
-                                                                error=end.error, upload=end.upload)
-            if job is None:
-                return
-            notify = next((s for s in plan.stages if isinstance(s, Notify)), None)
-            if notify is not None:
-                event = job_event(job, self._links, self._public_url)
-                delivery = await self._stages["notify"].notify.remote(notify.params.url, event)
-                await self._tracker.annotate.remote(job_id, webhook=delivery)
-            if job.delete_requested:
-                if failed := await self._stages["upload"].delete.remote(job.assets):
-                    await self._tracker.defer_deletes.remote(failed)
-                await self._tracker.delete.remote(job_id)
+            await self._tracker.finish.remote(job_id, end.status, assets=end.assets, error=end.error, upload=end.upload)
         except Exception:
             log.exception("ending job %s", job_id, extra={"job_id": job_id})
 
@@ -230,7 +213,7 @@ class FlowRunner:
         encoded: list[DeploymentResponse] = []
         for index, stage in enumerate(plan.stages):
             if isinstance(stage, Notify):
-                continue  # after the end
+                continue  # the tracker sends it, after the end
             current[0] = stage.kind
             if stop.done() and stop.result():
                 raise GenerationCancelled(f"cancelled before {stage.kind}")

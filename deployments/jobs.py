@@ -4,8 +4,15 @@ It runs on the head node, next to the SQLite file it owns, so a multi-node clust
 
 It keeps records; it does not run jobs. A flow runner replica creates a job here with itself as the owner and
 ends it here; generators report every denoising step and learn from the answer whether to go on, which is
-how a cancel on any ingress replica stops a running job. The tracker ends a job itself only when its owner
-is gone (a crash, a restart): the sweep.
+how a cancel on any ingress replica stops a running job.
+
+A job's end has one owner, this tracker: `finish` records it (the runner's end, or the sweep's for a job whose
+runner is gone) and does what follows, once: the end webhook (`Webhooks`) and, for a job deleted while it ran, the
+removal of its files and record (`remove`, the one removal: a DELETE and retention use it too).
+
+The tracker is the store's facade; its background duties are parts of their own, each readable alone: the orphan
+sweep (`deployments/sweep.py`), the webhook delivery pool (`deployments/webhooks.py`), the gauges
+(`deployments/metrics.py:JobGauges`) and retention (`deployments/retention.py:Reaper`).
 """
 
 from __future__ import annotations
@@ -16,46 +23,27 @@ import logging
 import threading
 import time
 from collections.abc import Coroutine
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.assets import AssetLinks
 from deployments.changes import QUEUE, Changes
 from deployments.jobstore import SQLiteJobStore
-from deployments.metrics import JobMetrics
+from deployments.metrics import JobGauges, JobMetrics
 from deployments.retention import Reaper
 from deployments.storage import ON_HEAD_NODE, S3Config
+from deployments.sweep import SWEEP_INTERVAL_S, OrphanSweep
+from deployments.webhooks import Webhooks
 from domain.errors import QueueFull
-from domain.records import ACTIVE, Idempotency, Job, JobStatus, Session, Upload
-from domain.views import job_event
+from domain.records import Idempotency, Job, JobStatus, Session, Upload
 
 log = logging.getLogger("ray.serve")
-SERVE_NAMESPACE = "serve"  # where Serve names its replica actors
 
-
-SWEEP_INTERVAL_S = 30.0
-GAUGE_INTERVAL_S = 5.0  # gauges are levels: set again and again, or Ray stops exporting them
-DELIVERY_TIMEOUT_S = 600.0  # a swept job's webhook, with the Notifier's retries and backoff
 SESSION_VIEW_LIMIT = 100  # GET /v1/sessions/{id} shows the newest 100 jobs and the newest 100 uploads
 FILES_TIMEOUT_S = 300.0  # one call to the Uploader to delete files
 WATCH_S = 30.0  # the longest a watch waits for a change before it answers with the job unchanged
-
-
-def _alive(actor_name: str) -> bool:
-    try:
-        ray.get_actor(actor_name, namespace=SERVE_NAMESPACE)
-    except ValueError:
-        return False
-    return True
-
-
-async def _drain(deliveries: set[Future]) -> None:
-    log.info("job tracker shutting down: waiting for %d webhooks", len(deliveries))
-    await asyncio.wait([asyncio.wrap_future(d) for d in set(deliveries)])
 
 
 class UploaderFiles:
@@ -83,104 +71,28 @@ class JobTracker:
         self._changes = Changes()  # SSE listeners' watches, woken by every change the store makes
         self._store = SQLiteJobStore(db_path, on_change=lambda job_id, moved: self._changes.signal(
             *((job_id, QUEUE) if moved else (job_id,))))
-        # Jobs the sweep fails get their webhook, as the flow runner's do: the same event, links and Notifier.
-        self._notifier = notifier
-        self._links = AssetLinks(s3)
-        self._public_url = public_url
-        self._sweep_interval_s = sweep_interval_s
-        self._deliveries = ThreadPoolExecutor(max_workers=16, thread_name_prefix="webhook")
-        self._delivering: dict[str, Future] = {}  # webhooks on their way, by job id
-        self._sweeping = threading.Lock()
-        self._closing = False  # shutting down: the next tracker's sweep takes over
-        self._reaper = Reaper(self._store, UploaderFiles(uploader), lambda job_id: self.cancel(job_id, delete=True),
-                              retention_days)
         # Replicas of one job report concurrently (a batch's images); read-modify-writes take turns.
         self._lock = threading.Lock()
         self._metrics = JobMetrics()
-        self._models: set[str] = set()  # every model a gauge was set for, so it can go back to 0
-        # Jobs whose flow runner is gone (a restart, a crash) are ended, never left hanging; jobs whose
-        # runner lives on (this tracker alone was replaced, as in a redeploy) are left to it.
-        self._sweep()
-        threading.Thread(target=self._keep_up, daemon=True).start()
-        threading.Thread(target=self._expire, args=(retention_sweep_s,), daemon=True, name="retention").start()
-
-    def _sweep(self) -> None:
-        with self._sweeping:
-            if not self._closing:
-                self._sweep_orphans()
-
-    def _sweep_orphans(self) -> None:
-        """Fail each queued or running job whose flow runner is gone; then send the webhook of every ended job whose
-        runner is gone with none recorded (failed here, or its runner died between the end and the delivery)."""
-        for job in self._store.active():
-            if job.owner is not None and _alive(job.owner):
-                continue
-            log.warning("job %s lost its flow runner %s: failing it", job.id, job.owner, extra={"job_id": job.id})
-            ended = self.finish(job.id, JobStatus.FAILED, error=(
-                "interrupted", "the service lost this job's runner (a crash or a restart) before it ended; submit it "
-                "again"))
-            if ended is not None and ended.delete_requested:
-                self._store.delete(job.id)  # it never completed, so it has no files to delete
-        if self._notifier is not None:
-            for job in self._store.undelivered():
-                if job.id not in self._delivering and not (job.owner is not None and _alive(job.owner)):
-                    self._send(job)
-        self._refresh()
-
-    def _send(self, job: Job) -> None:
-        """Hand a job's webhook to a pool: the Notifier retries with backoff, and the sweep goes on meanwhile."""
-        assert job.webhook_url is not None
-        delivery = self._deliveries.submit(self._notify, job.id, job.webhook_url,
-                                           job_event(job, self._links, self._public_url))
-        self._delivering[job.id] = delivery
-        delivery.add_done_callback(lambda _: self._delivering.pop(job.id, None))
+        self._gauges = JobGauges(self._metrics.active, self._store.active_counts)
+        self._webhooks = Webhooks(self._store, notifier, AssetLinks(s3), public_url)
+        self._reaper = Reaper(self._store, UploaderFiles(uploader), lambda job_id: self.cancel(job_id, delete=True),
+                              retention_days)
+        self._sweep = OrphanSweep(self._store, lambda job_id, status, error: self.finish(job_id, status, error=error),
+                                  self._webhooks)
+        self._sweep.start(sweep_interval_s)
+        self._gauges.refresh()
+        self._gauges.start()
+        self._reaper.start(retention_sweep_s)
 
     def __del__(self) -> Coroutine[Any, Any, None] | None:
-        """Serve's graceful shutdown (a redeploy) awaits what this returns: the webhooks of the jobs the sweep failed
-        that are still on their way. Not `async def`, so the garbage collector's call makes no coroutine."""
-        if not hasattr(self, "_sweeping"):
+        """Serve's graceful shutdown (a redeploy) awaits what this returns: the webhooks on their way. The sweep stops
+        first (its successor's takes over), so none it starts is missed. Not `async def`, so the garbage
+        collector's call makes no coroutine."""
+        if not hasattr(self, "_sweep"):
             return None  # __init__ never got this far
-        with self._sweeping:  # a sweep under way finishes first, so every delivery it starts is awaited
-            self._closing = True
-        return _drain(set(self._delivering.values())) if self._delivering else None
-
-    def _notify(self, job_id: str, url: str, event: dict[str, Any]) -> None:
-        """Deliver a swept job's webhook through the Notifier and record the delivery on the job."""
-        assert self._notifier is not None
-        try:
-            delivery = self._notifier.notify.remote(url, event).result(timeout_s=DELIVERY_TIMEOUT_S)
-        except Exception:
-            log.exception("webhook for swept job %s", job_id, extra={"job_id": job_id})
-            return
-        self.annotate(job_id, webhook=delivery)
-
-    def _keep_up(self) -> None:
-        """Refresh the gauges every few seconds, and sweep every `sweep_interval_s`."""
-        last_sweep = time.monotonic()
-        while True:
-            time.sleep(min(GAUGE_INTERVAL_S, self._sweep_interval_s))
-            if time.monotonic() - last_sweep >= self._sweep_interval_s:
-                last_sweep = time.monotonic()
-                self._sweep()
-            else:
-                self._refresh()
-
-    def _expire(self, interval_s: float) -> None:
-        """Every `interval_s`: retry the pending bucket deletions and remove expired records (the Reaper)."""
-        while True:
-            time.sleep(interval_s)
-            try:
-                self._reaper.sweep()
-            except Exception:  # the Uploader away, say: the next sweep tries again
-                log.exception("retention sweep failed")
-
-    def _refresh(self) -> None:
-        """Set the queued / in_progress gauges of every model from the store, the one source of truth."""
-        counts = self._store.active_counts()
-        self._models.update(model for model, _ in counts)
-        for model in self._models:
-            for status in ACTIVE:
-                self._metrics.active.set(counts.get((model, status), 0), {"model": model, "status": status})
+        self._sweep.close()
+        return self._webhooks.drain()
 
     def create(self, jobs: list[Job], max_active: int, max_per_key: int | None = None,
                idempotency: Idempotency | None = None) -> list[Job] | None:
@@ -198,7 +110,7 @@ class JobTracker:
             raise QueueFull(f"{whose} has no room for {more}: at most {limit} queued or running")
         for job in jobs:
             self._metrics.created.inc(1, {"model": job.model, "kind": job.kind})
-        self._refresh()
+        self._gauges.refresh()
         return None
 
     def get(self, job_id: str) -> Job | None:
@@ -260,7 +172,7 @@ class JobTracker:
                 fields.update(status=JobStatus.IN_PROGRESS, started_at=time.time())
             self._store.update(job_id, **fields)
         if started:
-            self._refresh()
+            self._gauges.refresh()
         return not job.cancel_requested
 
     def stage(self, job_id: str, kind: str) -> bool:
@@ -283,25 +195,35 @@ class JobTracker:
         self, job_id: str, status: JobStatus, assets: list[dict] | None = None,
         error: tuple[str, str] | None = None, upload: dict | None = None,
     ) -> Job | None:
+        """Record a job's end, and do what follows it: the end webhook goes to the delivery pool, and a job whose
+        deletion was asked for while it ran is removed with its files (`remove`). The runner's end and the sweep's
+        come here alike; a job that has already ended is returned as it stands, and nothing follows twice."""
         now = time.time()
         fields: dict = dict(status=status, completed_at=now, stage=None, expires_at=self._reaper.expires_at(now))
         if status is JobStatus.COMPLETED:
             fields.update(progress=100, assets=assets or [], upload=upload)
         if error is not None:
             fields.update(error_code=error[0], error_message=error[1])
-        job = self._store.update(job_id, **fields)
-        if job is not None and job.status is status:
-            self._metrics.finished.inc(1, {"model": job.model, "kind": job.kind, "status": status.value})
-            self._refresh()
+        with self._lock:
+            job = self._store.get(job_id)
+            if job is None or job.status.terminal:
+                return job
+            job = self._store.update(job_id, **fields)
+        assert job is not None  # it was active under the lock, and only `finish` ends a job
+        self._metrics.finished.inc(1, {"model": job.model, "kind": job.kind, "status": status.value})
+        self._gauges.refresh()
+        self._webhooks.send(job_id)  # the event is built now, before a deleted job's record goes
+        if job.delete_requested:
+            self._reaper.remove(job)
         return job
 
     def annotate(self, job_id: str, **fields: Any) -> Job | None:
-        """Record what happens after a job ends: an upload retried, a webhook delivered."""
+        """Record what happens after a job ends: an upload retried, a prompt enhanced."""
         return self._store.update(job_id, even_if_ended=True, **fields)
 
     def cancel(self, job_id: str, delete: bool = False) -> Job | None:
-        """Ask a queued or running job to stop (the generator sees it at its next step); with `delete`, its owner
-        removes it once it has stopped, and clients no longer see it."""
+        """Ask a queued or running job to stop (the generator sees it at its next step); with `delete`, its end
+        removes it (`finish`), and clients no longer see it."""
         with self._lock:
             job = self._store.get(job_id)
             if job is None or job.status.terminal:
@@ -311,14 +233,14 @@ class JobTracker:
                 fields.update(cancel_requested=True, cancel_step=job.step)
             return self._store.update(job_id, **fields)
 
-    def delete(self, job_id: str) -> None:
-        self._store.delete(job_id)
-
-    def defer_deletes(self, keys: list[str]) -> None:
-        """Bucket objects a deletion could not remove: the retention sweep retries them until they go."""
-        if keys:
-            log.warning("%d bucket objects could not be deleted: retrying on the next sweep", len(keys))
-            self._store.defer_deletes(keys)
+    def remove(self, job_id: str) -> None:
+        """Remove a job with its files, the one way: an ended job now (the Uploader deletes its assets, bucket copies
+        it could not delete are retried by the retention sweep, the record goes); a queued or running one is
+        cancelled with `delete`, and its end removes it. A DELETE, a job deleted while it ran and retention all
+        come here (`Reaper.remove`). Blocks on the Uploader: Serve runs this in a thread, never on the loop."""
+        job = self._store.get(job_id)
+        if job is not None:
+            self._reaper.remove(job)
 
     def queue(self) -> dict[str, dict[str, int]]:
         """Per model: jobs queued (waiting for a replica) and in progress."""

@@ -6,12 +6,18 @@ deployment creates the ones it records, in its replica, since a Ray metric belon
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ray.serve.metrics import Counter, Gauge, Histogram
+
+from deployments.periodic import every
+from domain.records import ACTIVE
 
 # Wan generations take seconds (tiny twins, small clips) to tens of minutes (14B at 720p).
 GENERATION_BUCKETS = [0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 2400]
 STEP_BUCKETS = [0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 LOAD_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1200, 2400]  # tiny twins: seconds; a cold 14B: many minutes
+GAUGE_INTERVAL_S = 5.0  # gauges are levels: set again and again, or Ray stops exporting them
 
 
 class GeneratorMetrics:
@@ -35,6 +41,26 @@ class JobMetrics:
         self.created = Counter("wan_jobs_created_total", "jobs accepted", tag_keys=("model", "kind"))
         self.finished = Counter("wan_jobs_finished_total", "jobs ended, by how they ended",
                                 tag_keys=("model", "kind", "status"))
+
+
+class JobGauges:
+    """The queued / in_progress gauge of every model, set from the store's counts (the one source of truth): by the
+    JobTracker on every change of status, and every GAUGE_INTERVAL_S in a thread of its own."""
+
+    def __init__(self, gauge: Gauge, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
+        self._gauge = gauge
+        self._counts = counts
+        self._models: set[str] = set()  # every model a gauge was set for, so it can go back to 0
+
+    def start(self) -> None:
+        every(GAUGE_INTERVAL_S, self.refresh, "gauges")
+
+    def refresh(self) -> None:
+        counts = self._counts()
+        self._models.update(model for model, _ in counts)
+        for model in self._models:
+            for status in ACTIVE:
+                self._gauge.set(counts.get((model, status), 0), {"model": model, "status": status})
 
 
 class UploadMetrics:

@@ -1,8 +1,9 @@
-"""Removing records with their files: a DELETE of a session, and the retention sweep that expires old records.
+"""Removing records with their files: a job (`Reaper.remove`, behind `JobTracker.remove`: a DELETE, the end of a job
+deleted while it ran, an expiry), a DELETE of a session, and the retention sweep that expires old records.
 
 Free of Ray: the JobTracker runs it with the Uploader's handle behind `Files`, the tests with the files
 themselves. A bucket copy that cannot be deleted is kept in the store's pending deletions and retried on every
-sweep until it goes, so nothing is orphaned silently.
+sweep until it goes, so nothing is orphaned silently. The sweep runs in a thread of its own (`start`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from itertools import islice
 from typing import Any, Protocol
 
 from deployments.jobstore import PAGE, SQLiteJobStore
+from deployments.periodic import every
 from deployments.storage import session_prefix
 from domain.records import Job, Upload
 
@@ -48,8 +50,8 @@ class Swept:
 
 
 class Reaper:
-    """Removes jobs, uploads and sessions with their files; `cancel(job_id)` stops an active job and has its
-    owner remove it once stopped (the JobTracker's `cancel(..., delete=True)`)."""
+    """Removes jobs, uploads and sessions with their files; `cancel(job_id)` stops an active job and has it removed
+    once stopped (the JobTracker's `cancel(..., delete=True)`: its `finish` removes a job whose deletion was asked)."""
 
     def __init__(self, store: SQLiteJobStore, files: Files, cancel: Callable[[str], Job | None],
                  days: float | None = None) -> None:
@@ -62,15 +64,21 @@ class Reaper:
         """When retention removes a job that ended at `ended_at`; None: kept until deleted."""
         return None if self.days is None else ended_at + self.days * DAY_S
 
-    def remove_jobs(self, jobs: list[Job]) -> None:
-        """Delete each ended job's files and record now; an active one is stopped, then removed by its owner."""
-        for job in jobs:
+    def start(self, interval_s: float) -> None:
+        """Sweep every `interval_s`, in a thread of its own."""
+        every(interval_s, self.sweep, "retention")
+
+    def remove(self, job: Job) -> None:
+        """The one removal of a job with its files. An ended job goes now: the Uploader deletes its assets, the bucket
+        copies it could not delete are kept for the sweep to retry, and the record goes. An active one is stopped
+        with its deletion asked for; its end removes it through here."""
+        if not job.status.terminal:
+            job = self._cancel(job.id) or job
             if not job.status.terminal:
-                job = self._cancel(job.id) or job
-                if not job.status.terminal:
-                    continue
+                return
+        if job.assets:
             self._defer(self._files.delete(job.assets))
-            self._store.delete(job.id)
+        self._store.delete(job.id)
 
     def remove_session(self, session_id: str) -> None:
         """A session with every job and upload in it. The session is gone for clients at once; if this stops
@@ -86,7 +94,7 @@ class Reaper:
     def _remove_contents(self, session_id: str) -> None:
         active = False
         for job in self._store.jobs_in_session(session_id):  # paged by seq: removing rows as it goes is safe
-            self.remove_jobs([job])
+            self.remove(job)
             active = active or not job.status.terminal
         self._remove_uploads(self._store.uploads(session_id))
         if not active:  # a running job's owner removes it, with its files; the next sweep removes the session
@@ -119,7 +127,7 @@ class Reaper:
             log.warning("%d bucket objects still could not be deleted: retrying on the next sweep", swept.pending)
         cutoff = (now or time.time()) - self.days * DAY_S if self.days is not None else float("-inf")
         for job in self._store.expired_jobs(cutoff):
-            self.remove_jobs([job])
+            self.remove(job)
             swept.jobs += 1
         swept.uploads = self._remove_uploads(self._store.expired_uploads(cutoff))
         for session in self._store.sessions_to_remove(cutoff):

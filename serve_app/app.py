@@ -4,8 +4,7 @@
        │            ├────────▶ Extender ──▶ Generator-<variant>
        │            ├────────▶ Interpolator, VideoEncoder (CPU)
        ├────────────┼────────▶ Uploader (local directory, then S3)
-       │            ├────────▶ Notifier (webhooks)
-       └────────────┴────────▶ JobTracker (SQLite)
+       └────────────┴────────▶ JobTracker (SQLite) ──▶ Notifier (end webhooks), Uploader (deletions)
 """
 
 from __future__ import annotations
@@ -84,12 +83,11 @@ def build_app(args: dict[str, Any]) -> Application:
         "interpolate": Interpolator.options(num_replicas=config.interpolator_replicas).bind(),
         "encode": VideoEncoder.options(num_replicas=config.encoder_replicas).bind(),
         "upload": uploader,
-        "notify": notifier,
     }
     if (e := config.enhancer) is not None:
         stages["enhance"] = PromptEnhancer.options(num_replicas=e.num_replicas, ray_actor_options=e.ray_actor_options) \
             .bind(e.model, e.max_new_tokens, config.limits.max_prompt_chars, e.device)
-    flow = FlowRunner.options(**drain).bind(generators, stages, tracker, storage.s3, config.public_url)
+    flow = FlowRunner.options(**drain).bind(generators, stages, tracker)
     gateway = Gateway.options(num_replicas=config.gateway_replicas,
                               max_ongoing_requests=config.gateway_max_ongoing_requests)
     return gateway.bind(config, tracker, flow, uploader, keys, stages.get("enhance"))

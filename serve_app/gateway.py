@@ -128,16 +128,9 @@ class Gateway:
             raise APIError(409, exc.message, code="idempotency_key_reused") from None
 
     async def _delete(self, job: Job) -> None:
-        """A finished job's files and record go now; a queued or running one is stopped, then removed by its
-        owner. Either way it is gone for clients from here on."""
-        if not job.status.terminal:
-            job = await self._tracker.cancel.remote(job.id, delete=True)
-            if job is None or not job.status.terminal:
-                return
-        # it ended before the cancel reached it; bucket copies that cannot go now are retried by the sweep
-        if failed := await self._uploader.delete.remote(job.assets):
-            await self._tracker.defer_deletes.remote(failed)
-        await self._tracker.delete.remote(job.id)
+        """A finished job's files and record go now; a queued or running one is stopped, then removed at its end.
+        Either way it is gone for clients from here on."""
+        await self._tracker.remove.remote(job.id)  # the one removal of a job and its files (JobTracker.remove)
 
     async def _session(self, request: Request, session_id: str | None) -> tuple[Session, list[Upload], list[Job]]:
         """The caller's session with its uploads and jobs; a 404 for none or another key's."""

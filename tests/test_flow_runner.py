@@ -14,11 +14,9 @@ from typing import Any
 import pytest
 
 from deployments import flow
-from deployments.assets import AssetLinks
 from deployments.plan import Submission
 from domain.errors import QueueFull
 from domain.records import Job, JobStatus
-from domain.views import job_view
 from serve_app.config import AppConfig
 from serve_app.router import Fields, Media, route
 from tests.support.fakes import OWNER, FakeHandle, Generator, Stages, Tracker
@@ -178,31 +176,16 @@ def test_shutdown_waits_for_the_jobs_the_replica_owns(world: Any) -> None:
     run(main())
 
 
-def test_a_job_deleted_while_running_is_removed_by_its_owner_once_stopped(world: Any) -> None:
+def test_the_runner_ends_a_job_with_finish_alone_sending_no_webhook_and_deleting_no_file(world: Any) -> None:
+    """What follows an end (the webhook, the removal of a job deleted while it ran) is the tracker's, in `finish`:
+    the runner calls neither the Notifier nor the Uploader's delete (tests/test_job_end.py has the tracker's side)."""
     async def main() -> None:
         w = world(hold=True)
-        await w.runner.submit([submission()], max_active=4)
+        await w.runner.submit([submission(webhook_url="https://example.com/hook")], max_active=4)
         await w.generator.started.wait()
         w.tracker.cancel("video_1", delete=True)
         await ended(w.runner)
-        assert w.tracker.finished[0][1] is JobStatus.CANCELLED
-        assert w.tracker.deleted == ["video_1"] and w.stages.deleted_assets == [[]]
-
-    run(main())
-
-
-def test_the_webhook_event_carries_the_same_view_as_the_api(world: Any) -> None:
-    async def main() -> None:
-        w = world()
-        await w.runner.submit([submission(webhook_url="https://example.com/hook")], max_active=4)
-        await ended(w.runner)
-        [event] = w.stages.notified
-        job = w.tracker.jobs["video_1"]
-        assert event["type"] == "video.completed" and event["id"] == "evt_video_1_completed"
-        assert event["data"] == job_view(job, AssetLinks(), "").model_dump()
-        [asset] = event["data"]["assets"]  # S2's metadata rides on the event as on the API's object
-        assert {k: asset[k] for k in ("asset_index", "task", "negative_prompt_used", "denoise_strength")} == \
-            {"asset_index": 0, "task": "t2v", "negative_prompt_used": True, "denoise_strength": None}
-        assert event["data"]["enhancement_source"] == "none" and "processing_time" in event["data"]
+        assert w.tracker.finished == [("video_1", JobStatus.CANCELLED, ("cancelled", "cancelled by request"))]
+        assert w.stages.notified == [] and w.stages.deleted_assets == []
 
     run(main())

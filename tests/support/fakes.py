@@ -40,7 +40,6 @@ class Tracker:
     def __init__(self, max_active: int = 10) -> None:
         self.jobs: dict[str, Job] = {}
         self.finished: list[tuple[str, JobStatus, tuple[str, str] | None]] = []
-        self.deleted: list[str] = []
         self.stopping: dict[str, asyncio.Event] = {}
         self.max_active = max_active
 
@@ -78,9 +77,6 @@ class Tracker:
 
     def annotate(self, job_id: str, **fields: Any) -> Job:
         return self.jobs[job_id]
-
-    def delete(self, job_id: str) -> None:
-        self.deleted.append(job_id)
 
 
 class Generator:
