@@ -6,6 +6,7 @@ deployment creates the ones it records, in its replica, since a Ray metric belon
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from ray.serve.metrics import Counter, Gauge, Histogram
@@ -51,16 +52,18 @@ class JobGauges:
         self._gauge = gauge
         self._counts = counts
         self._models: set[str] = set()  # every model a gauge was set for, so it can go back to 0
+        self._lock = threading.Lock()  # the tracker's threads refresh at once: `finish`, a step, the clock
 
     def start(self) -> None:
         every(GAUGE_INTERVAL_S, self.refresh, "gauges")
 
     def refresh(self) -> None:
-        counts = self._counts()
-        self._models.update(model for model, _ in counts)
-        for model in self._models:
-            for status in ACTIVE:
-                self._gauge.set(counts.get((model, status), 0), {"model": model, "status": status})
+        with self._lock:
+            counts = self._counts()
+            self._models.update(model for model, _ in counts)
+            for model in self._models:
+                for status in ACTIVE:
+                    self._gauge.set(counts.get((model, status), 0), {"model": model, "status": status})
 
 
 class UploadMetrics:
