@@ -1,4 +1,8 @@
-"""WanGenerator: one deployment class, bound once per variant; each replica loads its model once.
+"""WanGenerator: one deployment class, bound once per variant; each replica loads its engine (the model) once.
+
+The engine comes from a factory (`engine`, default `pipelines.generate.load_engine`), as Ray's `LLMServer` takes its
+`engine_cls`: a test puts a fake engine behind the deployment (`tests/support/fake_engine.py`) and drives progress
+and cancellation through it without a model.
 
 The pipeline call runs in a worker thread so the replica's event loop stays free (health checks,
 metrics); `max_ongoing_requests: 1` because a diffusers pipeline is not thread-safe.
@@ -18,16 +22,18 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import ray
+import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import GeneratorMetrics
 from deployments.plan import stage
-from pipelines.generate import generate
-from pipelines.loading import Offload, load_model
+from pipelines.generate import StepCallback, load_engine
+from pipelines.loading import Offload
 from pipelines.options import LoraSpec, SpeedOptions
 from pipelines.request import GenerationCancelled, GenerationRequest
 from pipelines.variants import get_variant
@@ -38,6 +44,23 @@ log = logging.getLogger("ray.serve")
 # HTTP jobs of 200 steps with and without them). Twice a second is as often as a progress bar redraws; a real
 # model's step (seconds) is reported each time.
 REPORT_INTERVAL_S = 0.5
+
+
+class Engine(Protocol):
+    """What a generator replica runs: a request's frames (FxHxWx3 uint8), with `on_step(done, total)` called after
+    each denoising step, stopping with `GenerationCancelled` when it answers False; and its peak GPU memory."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback) -> np.ndarray: ...
+
+    def reset_peak_memory(self) -> None: ...
+
+    def peak_memory_mb(self) -> float | None: ...
+
+
+EngineFactory = Callable[..., Engine]  # as `load_engine`: (variant, weights, *, dtype, device, ...) -> Engine
 
 
 class StepReports:
@@ -81,9 +104,10 @@ class WanGenerator:
         cpu_offload: Offload = False,
         loras: list[LoraSpec] | None = None,
         speed: SpeedOptions | None = None,
+        engine: EngineFactory = load_engine,
     ) -> None:
         started = time.perf_counter()
-        self._model = load_model(
+        self._engine = engine(
             get_variant(model), weights, dtype=dtype, device=device,
             gpu_memory_fraction=gpu_memory_fraction, cpu_offload=cpu_offload, loras=loras or [], speed=speed,
         )
@@ -93,8 +117,8 @@ class WanGenerator:
         self._metrics.load_seconds.observe(time.perf_counter() - started, self._tags)
         # The device is what torch sees; Ray's GPU ids are the card(s) it placed this replica on.
         gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
-        cap = gpu_memory_fraction if self._model.device.type == "cuda" else None
-        log.info("%s loaded on %s in %.1f s (Ray GPU ids %s, memory fraction %s)", model, self._model.device,
+        cap = gpu_memory_fraction if self._engine.device.type == "cuda" else None
+        log.info("%s loaded on %s in %.1f s (Ray GPU ids %s, memory fraction %s)", model, self._engine.device,
                  time.perf_counter() - started, gpus, cap)
 
     @stage("generate")
@@ -147,13 +171,13 @@ class WanGenerator:
             return not stopping
 
         started = time.perf_counter()
-        self._model.reset_peak_memory()
+        self._engine.reset_peak_memory()
         try:
-            frames = generate(self._model, request, on_step)
+            frames = self._engine.generate(request, on_step)
         finally:
             reports.flush()
         seconds = time.perf_counter() - started
-        if (peak := self._model.peak_memory_mb()) is not None:
+        if (peak := self._engine.peak_memory_mb()) is not None:
             self._tracker.gpu_peak.remote(job_id, round(peak))
         self._metrics.generation_seconds.observe(seconds, {**self._tags, "task": request.task.value})
         log.info("job %s: %s segment %d, %d frames in %.2f s", job_id, request.task.value, segment, len(frames),

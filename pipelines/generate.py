@@ -2,11 +2,15 @@
 
 Progress and cancellation ride on diffusers' per-step callback: `on_step(done, total)` is called after
 every denoising step and returns False to stop, which raises `GenerationCancelled` before the VAE decode.
+
+`WanEngine` is a loaded model with this path, as a generator replica runs it; `load_engine` makes one, and is the
+generator deployment's default engine factory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,11 +20,11 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from pipelines.conditioning import keyframes
-from pipelines.loading import LoadedModel
+from pipelines.loading import LoadedModel, load_model
 from pipelines.lora import activate
 from pipelines.options import Scheduler
 from pipelines.request import GenerationCancelled, GenerationRequest, check_loras, check_request
-from pipelines.variants import Task
+from pipelines.variants import Task, Variant
 
 StepCallback = Callable[[int, int], bool]
 
@@ -102,3 +106,28 @@ def generate(model: LoadedModel, req: GenerationRequest, on_step: StepCallback |
     finally:
         model.free_offloaded()
     return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class WanEngine:
+    """A loaded model and its generation path: what a generator replica runs."""
+
+    model: LoadedModel
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> np.ndarray:
+        return generate(self.model, request, on_step)
+
+    def reset_peak_memory(self) -> None:
+        self.model.reset_peak_memory()
+
+    def peak_memory_mb(self) -> float | None:
+        return self.model.peak_memory_mb()
+
+
+def load_engine(variant: Variant, weights: str | None = None, **options: Any) -> WanEngine:
+    """The engine of `variant`, loaded once; `options` are `load_model`'s (dtype, device, offload, adapters, ...)."""
+    return WanEngine(load_model(variant, weights, **options))
