@@ -1,7 +1,8 @@
 """Errors in OpenAI's shape, built in one place: {"error": {"message", "type", "param", "code"}}.
 
-The domain raises its own errors (`InvalidRequest` from the router and the generator, `QueueFull` from the job
-tracker); `install` maps each to its HTTP status here, so no module below the handlers knows HTTP.
+The domain raises its own errors (`domain/errors.py`: `InvalidRequest` from the router and the generator, `QueueFull`
+and `KeyReused` from the job store's admission); `as_api_error` maps each to its HTTP status here and `install`
+answers them, so neither the handlers nor any module below them knows a domain error's status.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from deployments.jobs import QueueFull
-from pipelines.request import InvalidRequest
+from domain.errors import InvalidRequest, KeyReused, QueueFull
 from serve_app.schemas import ErrorDetail, ErrorResponse
 
 log = logging.getLogger("ray.serve")
@@ -73,6 +73,8 @@ def as_api_error(exc: Exception) -> APIError:
         case QueueFull():
             return APIError(429, exc.message, code="queue_full",
                             headers={"Retry-After": str(RETRY_AFTER_S)})
+        case KeyReused():
+            return APIError(409, exc.message, code="idempotency_key_reused")
         case ValidationError() | RequestValidationError():
             return from_validation_error(exc)
     raise TypeError(f"no HTTP mapping for {type(exc).__name__}") from exc
@@ -81,7 +83,7 @@ def as_api_error(exc: Exception) -> APIError:
 def install(app: FastAPI) -> None:
     """Answer every domain error in OpenAI's shape, and anything else as a bare 500."""
     handler: Callable[[Request, Exception], Awaitable[JSONResponse]] = _handle
-    for error_type in (APIError, InvalidRequest, QueueFull, RequestValidationError):
+    for error_type in (APIError, InvalidRequest, QueueFull, KeyReused, RequestValidationError):
         app.add_exception_handler(error_type, handler)
     app.add_exception_handler(Exception, _unexpected)
 

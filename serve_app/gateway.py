@@ -1,9 +1,12 @@
-"""The Gateway: a FastAPI ingress, one thin handler per endpoint. It validates, routes, and forwards: a job is created,
-run and ended by the FlowRunner, and read back from the JobTracker. It keeps no job state; it never touches torch.
+"""The Gateway: one thin handler per endpoint, in a plain class over the deployments' handles. It validates, routes
+and forwards: a job is created, run and ended by the FlowRunner, and read back from the JobTracker. It keeps no job
+state; it never touches torch. Every create goes one way in (`serve_app/intake.py`).
 
-`serve.ingress` pickles the routes when the class is defined, so every helper a handler uses is imported or
-defined above the class; and its annotations stay real objects (no `from __future__ import annotations`),
-since FastAPI reads them to tell the request from the body.
+The class holds no FastAPI app: `@endpoint` marks each handler with its route, and `build_api` makes a fresh app per
+ingress with those routes on it, bound to a Gateway (tests put fakes of the handles behind one) or, for Serve, to the
+class, whose ingress binds them to each replica's instance; `make_gateway` makes that deployment, as Ray's
+`make_fastapi_ingress` makes its OpenAI ingress. FastAPI reads the handlers' annotations to tell the request from the
+body, so they stay real objects here (no `from __future__ import annotations`).
 """
 
 import asyncio
@@ -11,21 +14,19 @@ import base64
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 from sse_starlette import EventSourceResponse
 
-from deployments.assets import AssetLinks
-from deployments.plan import Submission
-from domain.errors import KeyReused
-from domain.records import Idempotency, Job, JobStatus, Session, Upload
-from domain.views import job_view, upload_view
-from pipelines.variants import Task
+from domain.records import Job, JobKind, JobStatus, Session
+from domain.views import upload_view
 from serve_app import errors, openapi, studio
 from serve_app.auth import Keys, authorize, caller_of
 from serve_app.body import BodyLimit, read_body, read_upload, validated
@@ -34,12 +35,11 @@ from serve_app.config import AppConfig
 from serve_app.content import asset_response
 from serve_app.errors import APIError
 from serve_app.events import Feeds, State, event_stream
-from serve_app.idempotency import KeyHeader, idempotency
+from serve_app.idempotency import KeyHeader
+from serve_app.intake import Batch, Images, Intake, OneVideo, RouteQuery
 from serve_app.limits import check_metadata, media_bounds
-from serve_app.media import MEDIA_FIELDS, MediaResolver, check_webhook, normalize_upload
-from serve_app.openapi import EVENTS, UPLOAD_BODY, remove_docs, video_body
-from serve_app.query import answer_query, enhancer_reading, unavailable_models
-from serve_app.router import Fields, Media, route, route_batch
+from serve_app.media import MEDIA_FIELDS, normalize_upload
+from serve_app.openapi import EVENTS, UPLOAD_BODY, video_body
 from serve_app.schemas import (
     BatchDeleted,
     ImageBatch,
@@ -62,49 +62,47 @@ from serve_app.schemas import (
 from serve_app.schemas import Session as SessionView
 from serve_app.service_schemas import ModelList, Queue, QueueEntry
 
-ID_PREFIXES = {"video": "video", "image": "img", "batch": "batch"}
 LastEventId = Annotated[str | None, Header(description="resume after this event id (the job's version)")]
 log = logging.getLogger("ray.serve")
-
-api = FastAPI(title="wan-serve", summary="Every Wan task behind an OpenAI-compatible video API",
-              dependencies=[Depends(authorize)])
-errors.install(api)
-api.add_middleware(BodyLimit)  # every body within config.limits, whatever reads it
-openapi.install(api)
-studio.install(api)  # the web studio at /
+ROUTE = "__route__"  # where `endpoint` keeps a handler's route: (method, path, FastAPI's route options)
+H = TypeVar("H", bound=Callable[..., Any])
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25})
-@serve.ingress(api)
+def endpoint(method: str, path: str, **options: Any) -> Callable[[H], H]:
+    """Mark a Gateway method as the handler of `method path`; `build_api` adds the route to each app it builds."""
+
+    def mark(handler: H) -> H:
+        setattr(handler, ROUTE, (method, path, options))
+        return handler
+
+    return mark
+
+
+def new_record_id(prefix: Literal["sess", "upload"]) -> str:
+    """A session's or an upload's id, as `JobKind.new_id` mints a job's: its prefix and 128 random bits."""
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
 class Gateway:
     def __init__(self, config: AppConfig, tracker: DeploymentHandle, flow: DeploymentHandle,
-                 uploader: DeploymentHandle, keys: Keys, enhancer: DeploymentHandle | None = None) -> None:
-        api.state.keys = keys  # read by `authorize`, the dependency every route but /health and / runs
-        api.state.limits = config.limits  # read by `BodyLimit`
-        if keys.open:
-            log.warning("no API key is configured: the service is open to anyone who can reach it")
-        if not config.api_docs:
-            remove_docs(api)
-        if not config.studio:
-            studio.remove(api)
+                 uploader: DeploymentHandle, enhancer: DeploymentHandle | None = None) -> None:
         self._config = config
         self._tracker = tracker
         self._flow = flow
         self._uploader = uploader
         self._enhancer = enhancer  # reads queries in words for /v1/route, where one is configured
-        self._media = MediaResolver(tracker, uploader, config)
+        self._intake = Intake(config, tracker, flow, uploader)
         self._generators = Generators(config)  # Serve's replica states, briefly cached, for a queued job's stage
         self._feeds = Feeds(tracker, self._generators.waiting)  # SSE listeners here, one tracker watch per job
-        self._links = AssetLinks(config.storage.s3)  # URLs only: files are the Uploader's
         self._poll = {"openai-poll-after-ms": str(config.poll_after_ms)}
 
     def _view(self, job: Job, request: Request) -> Video | ImageBatch:
-        return job_view(job, self._links, self._config.public_url or str(request.base_url))
+        return self._intake.view(job, request)
 
-    async def _job(self, request: Request, job_id: str, kind: str = "video") -> Job:
+    async def _job(self, request: Request, job_id: str, kind: JobKind = JobKind.VIDEO) -> Job:
         """The caller's job, or a 404 naming the id field of its kind: another key's job, or one being deleted,
         is not there for this caller."""
-        job = await self._tracker.get.remote(job_id) if job_id.startswith(f"{ID_PREFIXES[kind]}_") else None
+        job = await self._tracker.get.remote(job_id) if kind.owns(job_id) else None
         if job is None or job.kind != kind or job.delete_requested or not caller_of(request).sees(job.key_id):
             raise APIError(404, f"no {kind} with id {job_id!r}", param=f"{kind}_id", code="not_found")
         return job
@@ -118,54 +116,28 @@ class Gateway:
         return event_stream(self._feeds, await self._state(job), last_event_id, lambda j: self._view(j, request),
                             self._config.events_keepalive_s)
 
-    async def _submit(self, work: list[Submission], wait: bool = False, key: Idempotency | None = None) -> list[Job]:
-        """Hand jobs to the FlowRunner, which admits them all or none (a full queue, the model's or the key's, is
-        a 429) and runs them; or gives back those an earlier request with the same Idempotency-Key made."""
-        limit = self._config.model(work[0].job.model).max_queued_jobs
-        try:
-            return await self._flow.submit.remote(work, limit, self._config.auth.max_active_jobs_per_key, wait, key)
-        except KeyReused as exc:
-            raise APIError(409, exc.message, code="idempotency_key_reused") from None
-
     async def _delete(self, job: Job) -> None:
         """A finished job's files and record go now; a queued or running one is stopped, then removed at its end.
         Either way it is gone for clients from here on."""
         await self._tracker.remove.remote(job.id)  # the one removal of a job and its files (JobTracker.remove)
 
-    async def _session(self, request: Request, session_id: str | None) -> tuple[Session, list[Upload], list[Job]]:
-        """The caller's session with its uploads and jobs; a 404 for none or another key's."""
-        found = await self._tracker.get_session.remote(session_id) if session_id is not None else None
-        if found is None or not caller_of(request).sees(found[0].key_id):
-            raise APIError(404, f"no session with id {session_id!r}", param="session_id", code="not_found")
-        return found
-
-    async def _check_session(self, request: Request, session_id: str | None) -> None:
-        if session_id is not None:
-            await self._session(request, session_id)
-
     # --- /v1/videos ---------------------------------------------------------------------------------
 
-    @api.post("/v1/videos", response_model=Video | VideoPlan, openapi_extra=video_body(MEDIA_FIELDS))
+    @endpoint("POST", "/v1/videos", response_model=Video | VideoPlan, openapi_extra=video_body(MEDIA_FIELDS))
     async def create_video(self, request: Request, dry_run: bool = False,
                            idempotency_key: KeyHeader = None) -> JSONResponse:
         fields, raw = await read_body(request, self._config.limits)
         body = validated(VideoCreateRequest, fields)
-        key = idempotency(idempotency_key, request.url.path, body, raw)
-        await check_webhook(body.webhook_url, self._config.webhooks.private_allowed())
-        await self._check_session(request, body.session_id)
-        media = await self._media.resolve(body, raw, body.session_id)
-        job_id = f"video_{uuid.uuid4().hex}"
-        args = Fields(**body.model_dump(exclude={*MEDIA_FIELDS, "webhook_url", "loras"}), loras=body.loras,
-                      webhook_url=str(body.webhook_url) if body.webhook_url else None)
-        routed = await asyncio.to_thread(route, self._config, args, media, job_id)
+        made = await self._intake.admit(request, body, OneVideo(self._config, body.to_fields()), raw=raw,
+                                        key=idempotency_key, submit=not dry_run)
         if dry_run:
+            routed = made.planned.jobs[0].routed
             plan = VideoPlan(model=routed.variant.name, task=routed.plan.task, plan=routed.plan.model_dump(),
                              **{k: v for k, v in asdict(routed.params).items() if k in VideoPlan.model_fields})
             return JSONResponse(plan.model_dump())
-        [job] = await self._submit([routed.submission("video", job_id, args, caller_of(request).key_id)], key=key)
-        return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
+        return JSONResponse(made.views[0].model_dump(), headers=self._poll)
 
-    @api.get("/v1/videos", response_model=VideoList)
+    @endpoint("GET", "/v1/videos", response_model=VideoList)
     async def list_videos(
         self,
         request: Request,
@@ -174,32 +146,32 @@ class Gateway:
         order: Literal["asc", "desc"] = "desc",
     ) -> VideoList:
         caller = caller_of(request)
-        jobs, has_more = await self._tracker.list.remote("video", after, limit, order,
+        jobs, has_more = await self._tracker.list.remote(JobKind.VIDEO, after, limit, order,
                                                          None if caller.admin else caller.key_id)
         data = [self._view(j, request) for j in jobs]
         return VideoList(data=data, first_id=data[0].id if data else None,
                          last_id=data[-1].id if data else None, has_more=has_more)
 
-    @api.get("/v1/videos/{video_id}", response_model=Video)
+    @endpoint("GET", "/v1/videos/{video_id}", response_model=Video)
     async def get_video(self, request: Request, video_id: str) -> JSONResponse:
         state = await self._state(await self._job(request, video_id))
         video = self._view(state.job, request)
         video.queue_position, video.stage, video.stage_detail = state.position, state.stage, state.waiting
         return JSONResponse(video.model_dump(), headers=self._poll)
 
-    @api.get("/v1/videos/{video_id}/events", response_class=EventSourceResponse, responses=EVENTS)
+    @endpoint("GET", "/v1/videos/{video_id}/events", response_class=EventSourceResponse, responses=EVENTS)
     async def video_events(self, request: Request, video_id: str, last_event_id: LastEventId = None) -> Response:
         """Progress as Server-Sent Events: `video.progress` on each change, then `video.completed`, `video.failed`
         or `video.cancelled` with the video, then the stream ends."""
         return await self._events(request, await self._job(request, video_id), last_event_id)
 
-    @api.delete("/v1/videos/{video_id}", response_model=VideoDeleted)
+    @endpoint("DELETE", "/v1/videos/{video_id}", response_model=VideoDeleted)
     async def delete_video(self, request: Request, video_id: str) -> VideoDeleted:
         """Delete a video: a running one is stopped first. Either way it is a 404 from now on."""
         await self._delete(await self._job(request, video_id))
         return VideoDeleted(id=video_id)
 
-    @api.post("/v1/videos/{video_id}/cancel", response_model=Video)
+    @endpoint("POST", "/v1/videos/{video_id}/cancel", response_model=Video)
     async def cancel_video(self, request: Request, video_id: str) -> Video:
         """Stop a queued or running video within one denoising step; its record stays, as `cancelled`."""
         job = await self._job(request, video_id)
@@ -207,13 +179,13 @@ class Gateway:
             raise APIError(409, f"{job.id} has already {job.status.value}", code="not_cancellable")
         return self._view(await self._tracker.cancel.remote(job.id), request)
 
-    @api.get("/v1/videos/{video_id}/content")
+    @endpoint("GET", "/v1/videos/{video_id}/content")
     async def video_content(self, request: Request, video_id: str, variant: str = "video") -> Response:
         """`variant`: video (the main video), thumbnail, or any asset's name (initial, extension_001, ...)."""
         job = await self._job(request, video_id)
         return await asset_response(self._uploader, job, variant, request.headers.get("range"))
 
-    @api.post("/v1/videos/{video_id}/upload", response_model=Video)
+    @endpoint("POST", "/v1/videos/{video_id}/upload", response_model=Video)
     async def retry_upload(self, request: Request, video_id: str) -> Video:
         """Retry copying a completed job's assets to the object store after an upload failed."""
         job = await self._job(request, video_id)
@@ -227,124 +199,110 @@ class Gateway:
 
     # --- /v1/images ---------------------------------------------------------------------------------
 
-    @api.post("/v1/images/generations", response_model=ImagesResponse)
+    @endpoint("POST", "/v1/images/generations", response_model=ImagesResponse)
     async def generate_images(self, request: Request, body: ImageGenerationRequest,
                               idempotency_key: KeyHeader = None) -> ImagesResponse:
         """OpenAI's synchronous images API: n one-frame generations with consecutive seeds, admitted together.
 
         A client that goes away before they end cancels them.
         """
-        key = idempotency(idempotency_key, request.url.path, body)
-        params = body.model_dump(exclude={"n", "response_format", "quality", "style", "user", "loras"})
-        fields = Fields(**params, loras=body.loras, task=Task.T2I, num_frames=1)
-        work = []
-        for _ in range(body.n):
-            job_id = f"img_{uuid.uuid4().hex}"
-            routed = route(self._config, fields, Media(), job_id)
-            fields.seed = routed.params.seed + 1  # the next image takes the next seed
-            work.append(routed.submission("image", job_id, fields, caller_of(request).key_id))
+        made = await self._intake.admit(request, body, Images(self._config, body.to_fields(), body.n),
+                                        key=idempotency_key, wait=True)
         data = []
-        for job in await self._submit(work, wait=True, key=key):
+        for job, view in zip(made.jobs, made.views, strict=True):
             if job.status is not JobStatus.COMPLETED:
                 raise APIError(500, f"image generation {job.status.value}: {job.error_message}", code=job.error_code)
             if body.response_format == "url":
-                data.append(ImageData(url=self._view(job, request).assets[0].url))
+                data.append(ImageData(url=view.assets[0].url))
             else:
                 image = await self._uploader.get.remote(job.assets[0]["key"])
                 data.append(ImageData(b64_json=base64.b64encode(image).decode()))
         return ImagesResponse(created=int(time.time()), data=data)
 
-    @api.delete("/v1/images/{image_id}", response_model=ImageDeleted)
+    @endpoint("DELETE", "/v1/images/{image_id}", response_model=ImageDeleted)
     async def delete_image(self, request: Request, image_id: str) -> ImageDeleted:
         """Delete an image made by /v1/images/generations, with its file."""
-        await self._delete(await self._job(request, image_id, "image"))
+        await self._delete(await self._job(request, image_id, JobKind.IMAGE))
         return ImageDeleted(id=image_id)
 
-    @api.get("/v1/images/{image_id}/content")
+    @endpoint("GET", "/v1/images/{image_id}/content")
     async def image_content(self, request: Request, image_id: str, variant: str = "image") -> Response:
-        job = await self._job(request, image_id, "image")
+        job = await self._job(request, image_id, JobKind.IMAGE)
         return await asset_response(self._uploader, job, variant, request.headers.get("range"))
 
     # --- /v1/images/batches -------------------------------------------------------------------------
 
-    @api.post("/v1/images/batches", response_model=ImageBatch)
+    @endpoint("POST", "/v1/images/batches", response_model=ImageBatch)
     async def create_batch(self, request: Request, body: ImageBatchRequest,
                            idempotency_key: KeyHeader = None) -> JSONResponse:
-        key = idempotency(idempotency_key, request.url.path, body)
-        await check_webhook(body.webhook_url, self._config.webhooks.private_allowed())
-        await self._check_session(request, body.session_id)
-        fields = Fields(prompt=body.prompts[0], **body.model_dump(exclude={"prompts", "webhook_url", "loras"}),
-                        loras=body.loras, webhook_url=str(body.webhook_url) if body.webhook_url else None)
-        job_id = f"batch_{uuid.uuid4().hex}"
-        routed = route_batch(self._config, fields, body.prompts, job_id)
-        [job] = await self._submit([routed.submission("batch", job_id, fields, caller_of(request).key_id)], key=key)
-        return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
+        made = await self._intake.admit(request, body, Batch(self._config, body.to_fields(), body.prompts),
+                                        key=idempotency_key)
+        return JSONResponse(made.views[0].model_dump(), headers=self._poll)
 
-    @api.get("/v1/images/batches/{batch_id}", response_model=ImageBatch)
+    @endpoint("GET", "/v1/images/batches/{batch_id}", response_model=ImageBatch)
     async def get_batch(self, request: Request, batch_id: str) -> JSONResponse:
-        job = await self._job(request, batch_id, "batch")
+        job = await self._job(request, batch_id, JobKind.BATCH)
         return JSONResponse(self._view(job, request).model_dump(), headers=self._poll)
 
-    @api.get("/v1/images/batches/{batch_id}/events", response_class=EventSourceResponse, responses=EVENTS)
+    @endpoint("GET", "/v1/images/batches/{batch_id}/events", response_class=EventSourceResponse, responses=EVENTS)
     async def batch_events(self, request: Request, batch_id: str, last_event_id: LastEventId = None) -> Response:
         """Progress as Server-Sent Events: `batch.progress`, then `batch.completed` (or failed, cancelled)."""
-        return await self._events(request, await self._job(request, batch_id, "batch"), last_event_id)
+        return await self._events(request, await self._job(request, batch_id, JobKind.BATCH), last_event_id)
 
-    @api.get("/v1/images/batches/{batch_id}/images/{index}")
+    @endpoint("GET", "/v1/images/batches/{batch_id}/images/{index}")
     async def batch_image(self, request: Request, batch_id: str, index: int) -> Response:
         """Image `index` (0-based, in the order of the prompts) as PNG."""
-        job = await self._job(request, batch_id, "batch")
+        job = await self._job(request, batch_id, JobKind.BATCH)
         return await asset_response(self._uploader, job, f"image_{index:03d}", request.headers.get("range"))
 
-    @api.get("/v1/images/batches/{batch_id}/content")
+    @endpoint("GET", "/v1/images/batches/{batch_id}/content")
     async def batch_content(self, request: Request, batch_id: str, variant: str = "images") -> Response:
         """Every image as one ZIP (`variant=images`), or one image by its asset name."""
-        job = await self._job(request, batch_id, "batch")
+        job = await self._job(request, batch_id, JobKind.BATCH)
         return await asset_response(self._uploader, job, variant, request.headers.get("range"))
 
-    @api.delete("/v1/images/batches/{batch_id}", response_model=BatchDeleted)
+    @endpoint("DELETE", "/v1/images/batches/{batch_id}", response_model=BatchDeleted)
     async def delete_batch(self, request: Request, batch_id: str) -> BatchDeleted:
-        await self._delete(await self._job(request, batch_id, "batch"))
+        await self._delete(await self._job(request, batch_id, JobKind.BATCH))
         return BatchDeleted(id=batch_id)
 
     # --- /v1/sessions -------------------------------------------------------------------------------
 
-    @api.post("/v1/sessions", response_model=SessionView)
+    @endpoint("POST", "/v1/sessions", response_model=SessionView)
     async def create_session(self, request: Request, body: SessionCreateRequest | None = None) -> SessionView:
         metadata = body.metadata if body else {}
         check_metadata(self._config.limits, metadata)
-        session = Session(id=f"sess_{uuid.uuid4().hex}", metadata=metadata, key_id=caller_of(request).key_id)
+        session = Session(id=new_record_id("sess"), metadata=metadata, key_id=caller_of(request).key_id)
         await self._tracker.create_session.remote(session)
         return SessionView(id=session.id, created_at=int(session.created_at), metadata=session.metadata)
 
-    @api.get("/v1/sessions/{session_id}", response_model=SessionView)
+    @endpoint("GET", "/v1/sessions/{session_id}", response_model=SessionView)
     async def get_session(self, request: Request, session_id: str) -> SessionView:
         """The session with its uploads, its videos and its image batches, each with their assets."""
-        session, uploads, jobs = await self._session(request, session_id)
-        views = [self._view(j, request) for j in jobs if j.kind in ("video", "batch")]
+        session, uploads, jobs = await self._intake.session(request, session_id)
+        views = [self._view(j, request) for j in jobs if j.kind in (JobKind.VIDEO, JobKind.BATCH)]
         return SessionView(
             id=session.id, created_at=int(session.created_at), metadata=session.metadata,
             uploads=[upload_view(u) for u in uploads], videos=[v for v in views if isinstance(v, Video)],
             image_batches=[v for v in views if isinstance(v, ImageBatch)],
         )
 
-    @api.delete("/v1/sessions/{session_id}", response_model=SessionDeleted)
+    @endpoint("DELETE", "/v1/sessions/{session_id}", response_model=SessionDeleted)
     async def delete_session(self, request: Request, session_id: str) -> SessionDeleted:
         """Delete a session with its uploads, videos and image batches and their files; running jobs in it are
         stopped first. It is a 404 from now on."""
-        await self._session(request, session_id)
+        await self._intake.session(request, session_id)
         await self._tracker.delete_session.remote(session_id)
         return SessionDeleted(id=session_id)
 
-    @api.post("/v1/sessions/{session_id}/uploads", response_model=SessionUpload, openapi_extra=UPLOAD_BODY)
+    @endpoint("POST", "/v1/sessions/{session_id}/uploads", response_model=SessionUpload, openapi_extra=UPLOAD_BODY)
     async def upload_to_session(self, request: Request, session_id: str) -> SessionUpload:
         """Upload a video (MP4, MOV, MKV, AVI, WebM: kept as, or converted to, MP4) or an image (kept as
         RGB JPEG) in the multipart field `file`; refer to it by id in a video's media fields."""
-        await self._check_session(request, session_id)
+        await self._intake.session(request, session_id)
         data, filename = await read_upload(request, self._config.limits)
-        upload_id = f"upload_{uuid.uuid4().hex}"
-        upload, stored = await asyncio.to_thread(normalize_upload, session_id, upload_id, data, filename,
-                                                 media_bounds(self._config.limits))
+        upload, stored = await asyncio.to_thread(normalize_upload, session_id, new_record_id("upload"), data,
+                                                 filename, media_bounds(self._config.limits))
         upload.key_id = caller_of(request).key_id
         await self._uploader.put.remote(upload.key, stored, upload.content_type)
         await self._tracker.add_upload.remote(upload)
@@ -352,7 +310,7 @@ class Gateway:
 
     # --- models, queue and health --------------------------------------------------------------------
 
-    @api.get("/v1/queue", response_model=Queue)
+    @endpoint("GET", "/v1/queue", response_model=Queue)
     async def queue(self) -> Queue:
         """Per model: jobs waiting, jobs running, the admission limit, and the generator's replicas."""
         counts, generators = await asyncio.gather(self._tracker.queue.remote(), generator_deployments(self._config))
@@ -362,30 +320,55 @@ class Gateway:
             for m in self._config.models
         ])
 
-    @api.get("/v1/models", response_model=ModelList)
+    @endpoint("GET", "/v1/models", response_model=ModelList)
     async def list_models(self) -> ModelList:
         generators = await generator_deployments(self._config)
         return ModelList(data=[model_card(self._config, m, generators[m.name]) for m in self._config.models])
 
-    @api.post("/v1/route", response_model=RouteAnswer, openapi_extra=video_body(MEDIA_FIELDS, RouteRequest))
+    @endpoint("POST", "/v1/route", response_model=RouteAnswer, openapi_extra=video_body(MEDIA_FIELDS, RouteRequest))
     async def route_query(self, request: Request) -> RouteAnswer:
         """A query in words (and optional media, preferences) classified and routed; with `create`, the job too."""
         fields, raw = await read_body(request, self._config.limits)
         body = validated(RouteRequest, fields)
-        await check_webhook(body.webhook_url, self._config.webhooks.private_allowed())
-        await self._check_session(request, body.session_id)
-        media = await self._media.resolve(body, raw, body.session_id)
-        counts, generators, reading = await asyncio.gather(
-            self._tracker.queue.remote(), generator_deployments(self._config),
-            enhancer_reading(self._enhancer, self._config, body.query))
-        busy = unavailable_models(self._config, counts, {n: replica_states(d) for n, d in generators.items()})
-        job_id = f"video_{uuid.uuid4().hex}"
-        routed, answer, args = await asyncio.to_thread(answer_query, self._config, body, media, job_id, busy, reading)
-        if body.create and routed and args:
-            [job] = await self._submit([routed.submission("video", job_id, args, caller_of(request).key_id)])
-            answer.video = self._view(job, request)
+        made = await self._intake.admit(request, body, RouteQuery(self._config, body, self._tracker, self._enhancer),
+                                        raw=raw, submit=body.create)
+        answer = made.planned.answer
+        assert answer is not None  # a query's routing always answers
+        if made.views:
+            answer.video = made.views[0]
         return answer
 
-    @api.get("/health")
+    @endpoint("GET", "/health")
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
+
+
+def build_api(config: AppConfig, keys: Keys, handlers: Gateway | type[Gateway]) -> FastAPI:
+    """A fresh app for one ingress: errors in OpenAI's shape, the body limit, the OpenAPI document's extra parts, the
+    studio and the docs where the config has them, and every `endpoint` of the Gateway routed to `handlers`: a
+    Gateway (a test's, over fakes of the handles), or the class itself for `make_gateway`."""
+    docs = {} if config.api_docs else {"openapi_url": None, "docs_url": None, "redoc_url": None}
+    api = FastAPI(title="wan-serve", summary="Every Wan task behind an OpenAI-compatible video API",
+                  dependencies=[Depends(authorize)], **docs)
+    api.state.keys = keys  # read by `authorize`, the dependency every route but /health and / runs
+    api.state.limits = config.limits  # read by `BodyLimit`
+    errors.install(api)
+    api.add_middleware(BodyLimit)  # every body within config.limits, whatever reads it
+    openapi.install(api)
+    if config.studio:
+        studio.install(api)  # the web studio at /
+    for name, handler in vars(Gateway).items():
+        if (route := getattr(handler, ROUTE, None)) is not None:
+            method, path, options = route
+            api.add_api_route(path, getattr(handlers, name), methods=[method], **options)
+    return api
+
+
+def make_gateway(config: AppConfig, keys: Keys) -> Deployment:
+    """The Gateway deployment over its own app, as Ray's `make_fastapi_ingress` makes an ingress: Serve binds each
+    route to the replica's Gateway, built from the deployment's arguments (config, tracker, flow, uploader,
+    enhancer)."""
+    if keys.open:
+        log.warning("no API key is configured: the service is open to anyone who can reach it")
+    ingress = serve.ingress(build_api(config, keys, Gateway))(Gateway)
+    return serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.25})(ingress)

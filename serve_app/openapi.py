@@ -1,6 +1,6 @@
 """The OpenAPI document's parts FastAPI cannot infer: the bodies the Gateway reads by hand, the errors every
-operation can answer (OpenAI's shape, not FastAPI's 422), examples a reader of /docs can run as they are, the bearer
-scheme, and turning the documentation routes off.
+operation can answer (OpenAI's shape, not FastAPI's 422), examples a reader of /docs can run as they are, and the
+bearer scheme. A config without docs builds its app without /docs, /redoc and /openapi.json (`gateway.build_api`).
 
 `POST /v1/videos` takes JSON or multipart (`serve_app/body.py`) and `POST /v1/sessions/{id}/uploads` a multipart
 file, so neither handler declares a body parameter; without these the document has no request body for them, and
@@ -123,10 +123,3 @@ def install(api: FastAPI) -> None:
         return api.openapi_schema
 
     api.openapi = openapi  # type: ignore[method-assign]
-
-
-def remove_docs(api: FastAPI) -> None:
-    """Take /docs, /redoc and /openapi.json off `api` (they answer 404): FastAPI adds them at construction."""
-    paths = {api.openapi_url, api.docs_url, api.redoc_url, api.swagger_ui_oauth2_redirect_url} - {None}
-    api.router.routes[:] = [r for r in api.router.routes if getattr(r, "path", None) not in paths]
-    api.openapi_url = api.docs_url = api.redoc_url = None

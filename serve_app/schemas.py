@@ -7,6 +7,7 @@ multipart), so numeric fields are parsed in pydantic's lax mode: "5" is 5.
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,9 +21,12 @@ from pydantic import (
     model_validator,
 )
 
+from domain.records import JobType
+from domain.wire import ImageBatch, SessionUpload, Tuned, Video
 from pipelines.options import LoraChoice, Scheduler
 from pipelines.request import MAX_LORAS, MAX_PROMPT_CHARS
 from pipelines.variants import Task
+from serve_app.fields import Fields
 
 NEGATIVE_PROMPT = "unset: the model's default (upstream Wan's); an empty string for none"
 # Hard ceilings on what a body may hold; the config's `limits` (max_prompt_chars, max_metadata_keys, ...) rule below
@@ -30,10 +34,22 @@ NEGATIVE_PROMPT = "unset: the model's default (upstream Wan's); an empty string 
 MAX_TEXT = MAX_PROMPT_CHARS
 MAX_METADATA_KEYS = 256
 Prompt = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
-VideoStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 ReferenceMode = Literal["none", "single", "start", "end", "both"]
-JobTypeName = Literal["image_fast", "image_high", "video_fast", "video_high", "image_fast_enhanced",
-                      "image_high_enhanced", "video_fast_enhanced", "video_high_enhanced"]
+
+
+class MediaField(StrEnum):
+    """The fields that carry media: data URLs, URLs or upload ids in JSON, files in multipart."""
+
+    INPUT_REFERENCE = "input_reference"
+    LAST_IMAGE = "last_image"
+    VIDEO = "video"
+    MASK = "mask"
+    REFERENCE_IMAGE = "reference_image"
+    POSE_VIDEO = "pose_video"
+    FACE_VIDEO = "face_video"
+
+
+MEDIA_FIELDS = tuple(f.value for f in MediaField)
 
 
 def _json_text(value: Any) -> Any:
@@ -56,7 +72,7 @@ class _Body(BaseModel):
 class _Tuning(_Body):
     """The fields that pick a quality/time trade-off, shared by every generation endpoint."""
 
-    job_type: JobTypeName | None = Field(None, description="quality against time by name: image_fast, image_high, "
+    job_type: JobType | None = Field(None, description="quality against time by name: image_fast, image_high, "
                                          "video_fast, video_high (each a preset of the model); the *_enhanced forms "
                                          "add prompt enhancement")
     preset: str | None = Field(None, max_length=64, description="one of the model's presets by name (GET /v1/models)")
@@ -65,21 +81,6 @@ class _Tuning(_Body):
                                                   'multipart a JSON string. [] runs none, even where a preset has some')
     enhance_prompt: bool = Field(False, description="rewrite the prompt with the prompt enhancer first (as the "
                                                     "*_enhanced job types do); the job keeps both")
-
-
-class _Tuned(BaseModel):
-    """What a job ran with, beyond the sampling parameters: its job type, preset and adapters."""
-
-    job_type: str | None = None
-    preset: str | None = None
-    loras: list[LoraChoice] = Field(default_factory=list, description="the selectable adapters it ran with")
-    enhanced_prompt: str | None = Field(None, description="what the enhancer wrote, which the model was given")
-    enhancement_source: str = Field("none", description="the enhancer's model, or none")
-    enhancement_seconds: float | None = None
-    enhancement_error: str | None = Field(None, description="why the prompt as sent was used after all")
-    reference_mode: str | None = Field(None, description="where the images went, as the request said")
-    processing_time: float | None = Field(None, description="seconds from the first denoising step to the end")
-    gpu_memory_peak_mb: int | None = Field(None, description="the generator's peak GPU memory; none off a GPU")
 
 
 class VideoCreateRequest(_Tuning):
@@ -127,6 +128,10 @@ class VideoCreateRequest(_Tuning):
     interpolation_factor: int | None = Field(None, ge=2, le=8, description="or multiply the frame rate")
     session_id: str | None = None
     webhook_url: HttpUrl | None = Field(None, description="POSTed a signed event when the job ends")
+
+    def to_fields(self) -> Fields:
+        """The router's input: every field but the media, which the gateway decodes first."""
+        return _fields(self, set(MEDIA_FIELDS), webhook_url=self.webhook_url)
 
 
 def _json_object(value: Any) -> Any:
@@ -195,75 +200,6 @@ class RouteRequest(_Body):
         return self
 
 
-class VideoError(BaseModel):
-    code: str
-    message: str
-
-
-class Asset(BaseModel):
-    """One deliverable of a job, fetchable at `url` (this service, or the bucket once uploaded)."""
-
-    name: str
-    type: Literal["video", "image", "thumbnail", "archive"]
-    url: str
-    thumbnail_url: str | None
-    width: int | None
-    height: int | None
-    frames: int | None
-    fps: float | None
-    duration: float | None
-    format: str
-    file_size_bytes: int
-    # what made it (S2's callback metadata), the same on every asset of a job
-    asset_index: int = Field(0, description="its position in the job's assets")
-    task: str | None = Field(None, description="the pipeline task that made it: t2v, i2v, vace, animate, ...")
-    resize_policy: str | None = Field(None, description="how the input images were fitted; none without images")
-    negative_prompt_used: bool = False
-    denoise_strength: float | None = Field(None, description="video-to-video only")
-
-
-class UploadStatus(BaseModel):
-    status: Literal["completed", "failed"]
-    error: str | None = None
-
-
-class Video(_Tuned):
-    """The OpenAI video object, with Wan's generation parameters alongside."""
-
-    id: str
-    object: Literal["video"] = "video"
-    created_at: int
-    completed_at: int | None = None
-    expires_at: int | None = None
-    status: VideoStatus
-    progress: int
-    model: str
-    prompt: str | None
-    seconds: str
-    size: str
-    error: VideoError | None = None
-    remixed_from_video_id: str | None = None
-    # Wan extensions
-    task: str
-    num_frames: int
-    fps: int
-    seed: int
-    num_inference_steps: int
-    resize_policy: str | None = Field(None, description="how the input images were fitted; none without images")
-    step: int
-    total_steps: int
-    stage: str | None = Field(description="the plan stage running now (generate, encode, ...); `starting` while "
-                                          "queued for a model with no running replica (scaled to zero)")
-    stage_detail: str | None = Field(None, description="why a queued job waits, in words, e.g. 'model tiny-t2v is "
-                                                       "starting (0 replicas running, 1 starting)'")
-    queue_position: int | None = Field(None, description="1: next to start on its model; set while queued")
-    session_id: str | None
-    plan: dict[str, Any]
-    assets: list[Asset]
-    upload: UploadStatus | None = Field(None, description="the object-store copy, when one is configured")
-    webhook: dict[str, Any] | None = Field(None, description="the webhook delivery, once attempted")
-
-
 class VideoList(BaseModel):
     object: Literal["list"] = "list"
     data: list[Video]
@@ -272,7 +208,7 @@ class VideoList(BaseModel):
     has_more: bool
 
 
-class VideoPlan(_Tuned):
+class VideoPlan(Tuned):
     """POST /v1/videos?dry_run=true: what would run, with every default resolved; nothing is queued."""
 
     object: Literal["video.plan"] = "video.plan"
@@ -351,6 +287,11 @@ class ImageGenerationRequest(_Tuning):
     flow_shift: float | None = None
     seed: int | None = Field(None, ge=0)
 
+    def to_fields(self) -> Fields:
+        """One image is text to image in one frame; `n`, `response_format` and OpenAI's fields this service does not
+        use (quality, style, user) are the endpoint's, not the router's."""
+        return _fields(self, {"n", "response_format", "quality", "style", "user"}, task=Task.T2I, num_frames=1)
+
 
 class ImageBatchRequest(_Tuning):
     """POST /v1/images/batches: up to 20 prompts as one job; each image by index, all as one ZIP."""
@@ -366,45 +307,23 @@ class ImageBatchRequest(_Tuning):
     session_id: str | None = None
     webhook_url: HttpUrl | None = None
 
+    def to_fields(self) -> Fields:
+        """The router's input, with the first prompt as the job's prompt (`route_batch` takes them all)."""
+        return _fields(self, {"prompts"}, prompt=self.prompts[0], webhook_url=self.webhook_url)
 
-class ImageBatch(_Tuned):
-    id: str
-    object: Literal["image.batch"] = "image.batch"
-    created_at: int
-    completed_at: int | None
-    expires_at: int | None = Field(None, description="when retention removes it; unset: kept until deleted")
-    status: VideoStatus
-    progress: int
-    model: str
-    prompts: list[str]
-    size: str
-    seed: int
-    session_id: str | None
-    error: VideoError | None
-    plan: dict[str, Any]
-    assets: list[Asset]
-    upload: UploadStatus | None = None
-    webhook: dict[str, Any] | None = None
+
+def _fields(body: _Tuning, exclude: set[str], webhook_url: HttpUrl | None = None, **given: Any) -> Fields:
+    """A request as the router's input, less the fields in `exclude`: adapters kept as choices, the webhook as text.
+    A request field that `Fields` lacks, and is not excluded, is a TypeError: nothing a client sends is dropped
+    unread."""
+    return Fields(**body.model_dump(exclude={*exclude, "loras", "webhook_url"}), loras=body.loras,
+                  webhook_url=str(webhook_url) if webhook_url else None, **given)
 
 
 class SessionCreateRequest(_Body):
     metadata: dict[str, str] = Field(default_factory=dict, max_length=MAX_METADATA_KEYS,
                                      description="at most `limits.max_metadata_keys` entries, each key and value "
                                                  "`limits.max_metadata_chars` long")
-
-
-class SessionUpload(BaseModel):
-    """A file uploaded into a session: refer to it by `id` in a video's media fields."""
-
-    id: str
-    object: Literal["session.upload"] = "session.upload"
-    session_id: str
-    kind: Literal["video", "image"]
-    filename: str
-    content_type: str
-    size_bytes: int
-    created_at: int
-    info: dict[str, Any]
 
 
 class Session(BaseModel):

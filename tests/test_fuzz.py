@@ -27,8 +27,9 @@ from deployments.plan import StageFailed, stage
 from deployments.redact import scrub
 from serve_app import errors
 from serve_app.app import build_app
-from serve_app.gateway import api
-from tests.support.app import app_args
+from serve_app.gateway import Gateway, build_api
+from tests.support.app import app_args, app_config
+from tests.support.fakes import FakeHandle
 from tests.support.jobs import until
 
 APP, NO_DOCS = "fuzz", "nodocs"
@@ -75,7 +76,9 @@ def fuzz_schema(fuzz_url: str) -> Any:
 
 # The operations, known at collection from the same document built in-process; the test fuzzes the served one's.
 # (schemathesis.pytest.from_fixture, the lazy loader, reads `node._nodeid`, which pytest 9 no longer has.)
-OPERATIONS = [f"{method.upper()} {path}" for path, ops in api.openapi()["paths"].items() for method in ops]
+CONFIG, NO_HANDLE = app_config(), FakeHandle(None)  # the document calls no handler
+DOCUMENT = build_api(CONFIG, CONFIG.auth.keys(), Gateway(CONFIG, NO_HANDLE, NO_HANDLE, NO_HANDLE)).openapi()
+OPERATIONS = [f"{method.upper()} {path}" for path, ops in DOCUMENT["paths"].items() for method in ops]
 
 
 def _tame(case: Any) -> None:

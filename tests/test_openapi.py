@@ -11,12 +11,16 @@ import pytest
 from openapi_spec_validator import validate
 from pydantic import BaseModel
 
-from serve_app.gateway import api
+from serve_app.gateway import Gateway, build_api
 from serve_app.openapi import EXAMPLES
 from serve_app.schemas import ImageBatchRequest, ImageGenerationRequest, RouteRequest, VideoCreateRequest
+from tests.support.app import app_config
+from tests.support.fakes import FakeHandle
 from tests.support.jobs import until, wait_for
 
-DOCUMENT = api.openapi()
+CONFIG = app_config()
+NO_HANDLE = FakeHandle(None)  # the document calls no handler
+DOCUMENT = build_api(CONFIG, CONFIG.auth.keys(), Gateway(CONFIG, NO_HANDLE, NO_HANDLE, NO_HANDLE)).openapi()
 BODIES: dict[str, type[BaseModel]] = {
     "/v1/videos": VideoCreateRequest, "/v1/images/generations": ImageGenerationRequest,
     "/v1/images/batches": ImageBatchRequest, "/v1/route": RouteRequest}

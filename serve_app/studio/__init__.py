@@ -22,8 +22,3 @@ def install(api: FastAPI) -> None:
     @api.get("/", include_in_schema=False)
     async def home(request: Request) -> RedirectResponse:
         return RedirectResponse(f"{request.scope.get('root_path', '')}{PATH}/")  # under the app's route prefix
-
-
-def remove(api: FastAPI) -> None:
-    """Take the studio off `api` (config `studio: false`): / and /studio/ answer 404."""
-    api.router.routes[:] = [r for r in api.router.routes if getattr(r, "path", None) not in ("/", PATH)]
