@@ -236,8 +236,9 @@ class JobTracker:
     def remove(self, job_id: str) -> None:
         """Remove a job with its files, the one way: an ended job now (the Uploader deletes its assets, bucket copies
         it could not delete are retried by the retention sweep, the record goes); a queued or running one is
-        cancelled with `delete`, and its end removes it. A DELETE, a job deleted while it ran and retention all
-        come here (`Reaper.remove`). Blocks on the Uploader: Serve runs this in a thread, never on the loop."""
+        cancelled with `delete`, and its end removes it. A DELETE comes here; a job deleted while it ran (`finish`),
+        a session's DELETE and retention go to the same `Reaper.remove`. Blocks on the Uploader: Serve runs this
+        sync method in a thread, never on the replica's event loop."""
         job = self._store.get(job_id)
         if job is not None:
             self._reaper.remove(job)
