@@ -9,7 +9,8 @@ import time
 
 from ray import serve
 
-from pipelines.enhance import Kind, Reading, load_enhancer
+from pipelines.enhance import Kind, load_enhancer
+from pipelines.reading import Reading
 
 log = logging.getLogger("ray.serve")
 

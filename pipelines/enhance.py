@@ -19,6 +19,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from pipelines.reading import Reading
+
 Kind = Literal["t2v", "i2v", "i2v_empty"]
 TINY = "tiny"
 _SHARED = (
@@ -44,17 +46,6 @@ INTENT_SYSTEM = (
 )
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-@dataclass(frozen=True)
-class Reading:
-    """An LLM's reading of a query (`INTENT_SYSTEM`'s JSON text) and the bound that cut it short, in words ("" when
-    none did): a reading cut short is not used, and the keyword rules answer instead."""
-
-    text: str
-    query_tokens: int
-    new_tokens: int = 0
-    bound: str = ""
 
 
 @dataclass

@@ -8,7 +8,7 @@ import asyncio
 from dataclasses import replace
 from typing import Any, Literal
 
-from pipelines.enhance import Reading
+from pipelines.reading import Reading
 from pipelines.request import InvalidRequest
 from pipelines.variants import Task
 from serve_app.config import AppConfig

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 from ray import serve
 
-from pipelines.enhance import Reading
+from pipelines.reading import Reading
 from pipelines.request import InvalidRequest
 from serve_app.app import build_app
 from serve_app.config import AppConfig
