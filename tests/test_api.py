@@ -1,5 +1,5 @@
-"""The HTTP API on a real Ray Serve app with every tiny twin: each task end to end, the openai SDK,
-progress, cancellation, errors and reproducibility."""
+"""The HTTP API on a real Ray Serve app with every tiny twin: each task end to end, progress, cancellation, errors
+and reproducibility (the openai SDK's own calls are tests/test_openai_sdk.py's)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import openai
 import pytest
-from openai import OpenAI
 from PIL import Image
 from ray import serve
 
 from deployments.generator import REPORT_INTERVAL_S
 from tests.media import mp4, png, png_header, probe
 from tests.support.app import APP
-from tests.support.jobs import ENDED, poll, polled, until, wait_for
+from tests.support.jobs import ENDED, poll, until, wait_for
 from tests.support.metrics import metric, scrape, scrape_until
 
 CONTENT_ROUTE = "/v1/videos/{video_id}/content"  # Serve labels an ingress's requests with the route they matched
@@ -148,45 +146,6 @@ def test_text_to_image(client: httpx.Client, response_format: str) -> None:
         images.append(Image.open(io.BytesIO(data)))
     assert [(i.format, i.size) for i in images] == [("PNG", (32, 64))] * 2
     assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1])), "n images use consecutive seeds"
-
-
-def test_openai_sdk_create_poll_download_list_delete(serve_url: str, tmp_path) -> None:
-    client = OpenAI(base_url=f"{serve_url}/v1", api_key="unused")
-    video = client.videos.create(prompt="a paper boat", model="tiny-t2v", seconds="4", size="64x32",
-                                 extra_body={"num_inference_steps": 2, "seed": 5})
-    assert video.status == "queued" and video.seconds == "4"
-    video = polled(lambda: client.videos.retrieve(video.id), lambda v: v.status in ENDED, 120, f"{video.id} to end")
-    assert video.status == "completed" and video.progress == 100
-    client.videos.download_content(video.id).write_to_file(tmp_path / "out.mp4")
-    frames, fps, _ = probe((tmp_path / "out.mp4").read_bytes())
-    assert frames.shape == (65, 32, 64, 3) and fps == 16  # 4 s at 16 fps on the 4k+1 grid
-    thumb = client.videos.download_content(video.id, variant="thumbnail").read()
-    assert Image.open(io.BytesIO(thumb)).format == "WEBP"
-    page = client.videos.list(limit=100, order="desc")
-    assert video.id in [v.id for v in page.data]
-    deleted = client.videos.delete(video.id)
-    assert deleted.deleted and deleted.id == video.id
-    with pytest.raises(openai.NotFoundError):
-        client.videos.retrieve(video.id)
-
-
-def test_openai_sdk_uploads_an_image_reference(serve_url: str) -> None:
-    client = OpenAI(base_url=f"{serve_url}/v1", api_key="unused")
-    video = client.videos.create(prompt="pan left", input_reference=("cat.png", png(), "image/png"), size="64x32",
-                                 extra_body={"num_frames": 5})
-    assert (video.model, video.status) == ("tiny-i2v", "queued")
-
-
-def test_a_newcomers_first_480p_request_works_on_the_embedded_default(serve_url: str, tmp_path: Path) -> None:
-    """Tiny twins take their real variants' sizes (tiny stays their default): 480p through the openai SDK."""
-    client = OpenAI(base_url=f"{serve_url}/v1", api_key="unused")
-    video = client.videos.create(prompt="a harbour at dawn", model="tiny-t2v", size="832x480",
-                                 extra_body={"num_frames": 9, "seed": 2})
-    video = polled(lambda: client.videos.retrieve(video.id), lambda v: v.status in ENDED, 240, f"{video.id} to end")
-    assert video.status == "completed", video.error
-    client.videos.download_content(video.id).write_to_file(tmp_path / "480p.mp4")
-    frames, _, _ = probe((tmp_path / "480p.mp4").read_bytes())
-    assert frames.shape == (9, 480, 832, 3)
 
 
 def test_image_url_form_key(client: httpx.Client) -> None:
