@@ -25,7 +25,7 @@ from deployments.jobs import JobTracker
 from deployments.notifier import Notifier
 from deployments.uploader import Uploader
 from serve_app.config import AppConfig, ModelConfig, generator_name
-from serve_app.gateway import make_gateway
+from serve_app.gateway import GatewayIngress
 
 
 class ConfigError(ValueError):
@@ -88,6 +88,6 @@ def build_app(args: dict[str, Any]) -> Application:
         stages["enhance"] = PromptEnhancer.options(num_replicas=e.num_replicas, ray_actor_options=e.ray_actor_options) \
             .bind(e.model, e.max_new_tokens, config.limits.max_prompt_chars, e.device)
     flow = FlowRunner.options(**drain).bind(generators, stages, tracker)
-    gateway = make_gateway(config, keys).options(num_replicas=config.gateway_replicas,
-                                                 max_ongoing_requests=config.gateway_max_ongoing_requests)
-    return gateway.bind(config, tracker, flow, uploader, stages.get("enhance"))
+    gateway = GatewayIngress.options(num_replicas=config.gateway_replicas,
+                                     max_ongoing_requests=config.gateway_max_ongoing_requests)
+    return gateway.bind(config, tracker, flow, uploader, keys, stages.get("enhance"))

@@ -3,10 +3,11 @@ and forwards: a job is created, run and ended by the FlowRunner, and read back f
 state; it never touches torch. Every create goes one way in (`serve_app/intake.py`).
 
 The class holds no FastAPI app: `@endpoint` marks each handler with its route, and `build_api` makes a fresh app per
-ingress with those routes on it, bound to a Gateway (tests put fakes of the handles behind one) or, for Serve, to the
-class, whose ingress binds them to each replica's instance; `make_gateway` makes that deployment, as Ray's
-`make_fastapi_ingress` makes its OpenAI ingress. FastAPI reads the handlers' annotations to tell the request from the
-body, so they stay real objects here (no `from __future__ import annotations`).
+ingress with those routes bound to one Gateway's methods: a test's, over fakes of the handles, or a Serve replica's
+(`GatewayIngress`, which Serve asks for its app once the replica is built). Nothing module-global is mutated, no app
+is pickled, and Serve's class-based view (which rewrites the handlers' signatures in the process that decorates the
+class) is not needed. FastAPI reads the handlers' annotations to tell the request from the body, so they stay real
+objects here (no `from __future__ import annotations`).
 """
 
 import asyncio
@@ -21,7 +22,6 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
-from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 from sse_starlette import EventSourceResponse
 
@@ -343,10 +343,9 @@ class Gateway:
         return {"status": "ok"}
 
 
-def build_api(config: AppConfig, keys: Keys, handlers: Gateway | type[Gateway]) -> FastAPI:
+def build_api(config: AppConfig, keys: Keys, gateway: Gateway) -> FastAPI:
     """A fresh app for one ingress: errors in OpenAI's shape, the body limit, the OpenAPI document's extra parts, the
-    studio and the docs where the config has them, and every `endpoint` of the Gateway routed to `handlers`: a
-    Gateway (a test's, over fakes of the handles), or the class itself for `make_gateway`."""
+    studio and the docs where the config has them, and every `endpoint` routed to that method of `gateway`."""
     docs = {} if config.api_docs else {"openapi_url": None, "docs_url": None, "redoc_url": None}
     api = FastAPI(title="wan-serve", summary="Every Wan task behind an OpenAI-compatible video API",
                   dependencies=[Depends(authorize)], **docs)
@@ -360,15 +359,22 @@ def build_api(config: AppConfig, keys: Keys, handlers: Gateway | type[Gateway]) 
     for name, handler in vars(Gateway).items():
         if (route := getattr(handler, ROUTE, None)) is not None:
             method, path, options = route
-            api.add_api_route(path, getattr(handlers, name), methods=[method], **options)
+            api.add_api_route(path, getattr(gateway, name), methods=[method], **options)
     return api
 
 
-def make_gateway(config: AppConfig, keys: Keys) -> Deployment:
-    """The Gateway deployment over its own app, as Ray's `make_fastapi_ingress` makes an ingress: Serve binds each
-    route to the replica's Gateway, built from the deployment's arguments (config, tracker, flow, uploader,
-    enhancer)."""
-    if keys.open:
-        log.warning("no API key is configured: the service is open to anyone who can reach it")
-    ingress = serve.ingress(build_api(config, keys, Gateway))(Gateway)
-    return serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.25})(ingress)
+@serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.25})
+@serve.ingress()
+class GatewayIngress(Gateway):
+    """The Gateway on a Serve replica: Serve builds it with the deployment's arguments, then asks it for its app
+    (`__serve_build_asgi_app__`), so each replica has its own, routed to itself."""
+
+    def __init__(self, config: AppConfig, tracker: DeploymentHandle, flow: DeploymentHandle,
+                 uploader: DeploymentHandle, keys: Keys, enhancer: DeploymentHandle | None = None) -> None:
+        super().__init__(config, tracker, flow, uploader, enhancer)
+        self._keys = keys
+        if keys.open:
+            log.warning("no API key is configured: the service is open to anyone who can reach it")
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self._config, self._keys, self)
