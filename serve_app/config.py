@@ -6,12 +6,13 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from ray.serve.config import AutoscalingConfig
 
 from deployments.storage import S3Config
+from domain.records import JobType
 from pipelines.options import LoraChoice, LoraSpec, Scheduler, SpeedOptions
 from pipelines.request import MAX_PROMPT_CHARS
 from pipelines.variants import CATALOG, Task, Variant, get_variant
@@ -24,9 +25,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-JobType = Literal["image_fast", "image_high", "video_fast", "video_high"]
-DEFAULT_JOB_TYPES: dict[JobType, str] = {"image_fast": "fast", "image_high": "high", "video_fast": "fast",
-                                         "video_high": "high"}
+def _configurable(job_type: JobType) -> JobType:
+    if job_type.enhanced:
+        raise ValueError(f"{job_type} runs the preset of {job_type.base}: configure that one")
+    return job_type
+
+
+ConfiguredJobType = Annotated[JobType, AfterValidator(_configurable)]
+DEFAULT_JOB_TYPES = {t: "high" if t.value.endswith("_high") else "fast" for t in JobType if not t.enhanced}
 PRESET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -90,7 +96,8 @@ class ModelConfig(_Strict):
                                                                     "per request and by presets")
     presets: dict[str, PresetConfig] = Field(default_factory=dict, description="named presets, added to (or "
                                              "replacing) the built-in fast and high")
-    job_types: dict[JobType, str] = Field(default_factory=dict, description="this model's preset per job type, "
+    job_types: dict[ConfiguredJobType, str] = Field(default_factory=dict, description="this model's preset per job "
+                                                    "type, "
                                           "over the app's job_types")
     speed: SpeedOptions = SpeedOptions()
     graceful_shutdown_timeout_s: float = Field(600, gt=0, description="longer than one generation")
@@ -280,6 +287,11 @@ class EnhancerConfig(_Strict):
                                            "instruct model, e.g. Qwen/Qwen2.5-3B-Instruct")
     max_new_tokens: int = Field(256, ge=16, le=1024)
     timeout_s: float = Field(30.0, gt=0, description="past this a job goes on with its prompt as sent, and says so")
+    # POST /v1/route's reading of a query in words: past any bound the keyword rules answer, and the answer says so
+    read_max_input_tokens: int = Field(1024, ge=16, le=32768, description="a longer query (in the model's tokens) "
+                                       "is not given to the model")
+    read_max_new_tokens: int = Field(128, ge=16, le=1024, description="a reading cut off here is not used")
+    read_timeout_s: float = Field(10.0, gt=0, description="the route stops waiting, and the model stops writing")
     device: str | None = None
     num_replicas: int = Field(1, ge=1)
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
@@ -289,11 +301,6 @@ class AuthConfig(_Strict):
     """API keys (`Authorization: Bearer <key>`); with none configured the service runs open."""
 
     api_keys: list[SecretStr] = Field(default_factory=list, description="keys, or `sha256:<hex>` digests of them")
-    # POST /v1/route's reading of a query in words: past any bound the keyword rules answer, and the answer says so
-    read_max_input_tokens: int = Field(1024, ge=16, le=32768, description="a longer query (in the model's tokens) "
-                                       "is not given to the model")
-    read_max_new_tokens: int = Field(128, ge=16, le=1024, description="a reading cut off here is not used")
-    read_timeout_s: float = Field(10.0, gt=0, description="the route stops waiting, and the model stops writing")
     admin_keys: list[SecretStr] = Field(default_factory=list, description="keys that see every key's records")
     keys_env: str = Field("WAN_SERVE_API_KEYS", description="env var holding more keys, comma-separated")
     required: bool = Field(False, description="refuse to start without a key: production configs set it")
@@ -318,7 +325,7 @@ class AppConfig(_Strict):
     enhancer: EnhancerConfig | None = Field(None, description="unset: no prompt enhancement (asking for it is a 400)")
     api_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json (without a key)")
     public_url: str = Field("", description="this service's external base URL, for asset links in webhooks")
-    job_types: dict[JobType, str] = Field(default_factory=lambda: dict(DEFAULT_JOB_TYPES), description="the "
+    job_types: dict[ConfiguredJobType, str] = Field(default_factory=lambda: dict(DEFAULT_JOB_TYPES), description="the "
                                           "preset each job type runs, for models that do not name their own")
     orphan_sweep_s: float = Field(30.0, gt=0, description="how often the job tracker fails the queued and running "
                                   "jobs whose flow runner replica is gone (a crash), and sends their webhooks")
@@ -345,8 +352,10 @@ class AppConfig(_Strict):
         return self
 
     def preset_name(self, model: ModelConfig, job_type: JobType) -> str:
-        """The preset `job_type` runs on `model`: the model's own mapping, else the app's."""
-        return model.job_types.get(job_type) or self.job_types.get(job_type) or DEFAULT_JOB_TYPES[job_type]
+        """The preset `job_type` runs on `model` (an *_enhanced one, its plain type's): the model's own mapping, else
+        the app's."""
+        plain = JobType(job_type.base)
+        return model.job_types.get(plain) or self.job_types.get(plain) or DEFAULT_JOB_TYPES[plain]
 
     def absolute(self, base: Path) -> AppConfig:
         """Paths resolved against `base`, since Ray workers do not share the driver's working directory."""

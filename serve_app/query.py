@@ -15,9 +15,7 @@ from serve_app.config import AppConfig
 from serve_app.fields import Fields, Media, Routed
 from serve_app.intent import Intent, parse_reading, read_intent
 from serve_app.router import route
-from serve_app.schemas import RouteAnswer, RouteRequest
-
-INPUTS = ("input_reference", "last_image", "video", "mask", "reference_image", "pose_video", "face_video")
+from serve_app.schemas import MEDIA_FIELDS, RouteAnswer, RouteRequest
 
 
 def answer_query(config: AppConfig, body: RouteRequest, media: Media, job_id: str, unavailable: dict[str, str],
@@ -29,7 +27,7 @@ def answer_query(config: AppConfig, body: RouteRequest, media: Media, job_id: st
     reading hit a bound or is not usable.
     """
     intent, reader = _read(config, body.query, reading)
-    sent = [name for name in INPUTS if getattr(body, name) is not None]
+    sent = [name for name in MEDIA_FIELDS if getattr(body, name) is not None]
     if not intent.generate and not sent:
         return None, RouteAnswer(generation=False, answer=intent.answer, reason=intent.reason, reading=reader), None
     modality = intent.modality if body.modality in (None, "text") else body.modality
@@ -62,8 +60,8 @@ def answer_query(config: AppConfig, body: RouteRequest, media: Media, job_id: st
     reasons.append(_why_model(config, body, routed.variant.name, task, fallback))
     p = routed.params
     answer = RouteAnswer(generation=True, reason="; ".join(reasons), task=task.value, model=routed.variant.name,
-                         fallback=fallback, prompt=fields.prompt, size=p["size"], num_frames=p["num_frames"],
-                         seconds=p["seconds"], fps=p["fps"], num_inference_steps=p["num_inference_steps"],
+                         fallback=fallback, prompt=fields.prompt, size=p.size, num_frames=p.num_frames,
+                         seconds=p.seconds, fps=p.fps, num_inference_steps=p.num_inference_steps,
                          plan=routed.plan.model_dump(), reading=reader)
     return routed, answer, fields
 

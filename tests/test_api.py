@@ -364,7 +364,8 @@ def test_custom_metrics_on_the_prometheus_endpoint(client: httpx.Client) -> None
                 count(before, key[0], **({key[1]: key[2]} if key[1] else {})) for key in want}
 
     def downloads(s: dict) -> float:  # Serve's own counter, on the same endpoint: requests its ingress served
-        return metric(s, "ray_serve_deployment_request_counter_total", application=APP, route=CONTENT_ROUTE) or 0.0
+        return metric(s, "ray_serve_deployment_request_counter_total", application=APP, deployment="Gateway",
+                      route=CONTENT_ROUTE) or 0.0
 
     after = scrape_until(lambda s: changed(s) == want and count(s, "ray_wan_jobs", status="in_progress") == 0
                          and downloads(s) > downloads(before), "this job's metrics and Serve's count of its download")

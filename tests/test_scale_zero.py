@@ -66,7 +66,8 @@ class FixedGenerators(Generators):
 
 
 def _job(**fields: Any) -> Job:
-    return Job(id="video_1", kind="video", model=MODEL, task="t2v", prompt="p", params=JobParams(size="64x32", seed=0, num_inference_steps=4), plan={}, total_steps=4,
+    return Job(id="video_1", kind="video", model=MODEL, task="t2v", prompt="p",
+               params=JobParams(size="64x32", seed=0, num_inference_steps=4), plan={}, total_steps=4,
                **fields)
 
 
