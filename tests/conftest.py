@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from ray import serve
 
 from serve_app.app import build_app
 from tests.s3server import free_port
-from tests.support.app import ADMIN, APP, KEY_A, KEY_B, KEYED_APP, TINY_MODELS, Cluster, app_args
+from tests.support.app import APP, TINY_MODELS, Cluster, app_args
 from tests.support.jobs import until
 from tests.support.metrics import metric, scrape_until
 
@@ -100,15 +99,3 @@ def settled(request: pytest.FixtureRequest) -> Iterator[None]:
 def client(serve_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=serve_url, timeout=60) as c:
         yield c
-
-
-@pytest.fixture(scope="session")
-def keyed_url(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An app on the shared cluster that requires API keys: KEY_A and KEY_B (given as a digest) see only their own
-    records, ADMIN sees all, and each key may have one active job."""
-    args = app_args(tmp_path_factory.mktemp(KEYED_APP), ["tiny-t2v"])
-    args["auth"] = {"api_keys": [KEY_A, "sha256:" + hashlib.sha256(KEY_B.encode()).hexdigest()],
-                    "admin_keys": [ADMIN], "required": True, "max_active_jobs_per_key": 1}
-    serve.run(build_app(args), name=KEYED_APP, route_prefix=f"/{KEYED_APP}")
-    yield f"{serve_url}/{KEYED_APP}"
-    serve.delete(KEYED_APP)

@@ -4,15 +4,19 @@ admin key that sees all, and per-key admission; the key check itself in-process.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import httpx
 import pytest
+from httpx_sse import connect_sse
 from openai import OpenAI
+from ray import serve
 
+from serve_app.app import build_app
 from serve_app.auth import Keys
 from serve_app.errors import APIError
 from tests.media import png
-from tests.support.app import ADMIN, KEY_A, KEY_B, KEYED_APP, as_key
+from tests.support.app import ADMIN, KEY_A, KEY_B, KEYED_APP, app_args, as_key
 from tests.support.cli import wan
 from tests.support.jobs import ENDED, ended, wait_for
 
@@ -30,10 +34,29 @@ def test_keys_from_config_digests_and_the_environment(monkeypatch: pytest.Monkey
     assert Keys.resolve([], [], "WAN_NO_SUCH_VAR").caller(None).admin, "no keys: open, one anonymous admin"
 
 
-@pytest.fixture
-def url(keyed_url: str) -> str:
-    """The shared cluster's keyed app (conftest)."""
-    return keyed_url
+@pytest.fixture(scope="module")
+def url(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An app on the shared cluster that requires API keys: KEY_A and KEY_B (given as a digest) see only their own
+    records, ADMIN sees all, and each key may have one active job. This module's only: an idle app costs the 2 cores
+    a little all the time."""
+    args = app_args(tmp_path_factory.mktemp(KEYED_APP), ["tiny-t2v"])
+    args["auth"] = {"api_keys": [KEY_A, "sha256:" + hashlib.sha256(KEY_B.encode()).hexdigest()],
+                    "admin_keys": [ADMIN], "required": True, "max_active_jobs_per_key": 1}
+    serve.run(build_app(args), name=KEYED_APP, route_prefix=f"/{KEYED_APP}")
+    yield f"{serve_url}/{KEYED_APP}"
+    serve.delete(KEYED_APP)
+
+
+def test_another_keys_or_unknown_job_has_no_events(url: str) -> None:
+    with as_key(url, KEY_A) as alice, as_key(url, KEY_B) as bob:
+        video = alice.post("/v1/videos", json={"prompt": "alice's", "num_frames": 5}).json()
+        for caller, video_id in ((bob, video["id"]), (alice, "video_nope")):
+            r = caller.get(f"/v1/videos/{video_id}/events")
+            assert r.status_code == 404 and r.json()["error"]["param"] == "video_id", (video_id, r.text)
+        # the same stream is there for the key that made the job, and it ends with the job's end
+        with connect_sse(alice, "GET", f"/v1/videos/{video['id']}/events") as source:
+            names = [event.event for event in source.iter_sse() if event.data]
+        assert names[-1] == "video.completed", names
 
 
 def test_without_a_valid_key_only_health_answers(url: str) -> None:

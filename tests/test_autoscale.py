@@ -30,7 +30,7 @@ def test_a_burst_scales_a_generator_up_and_back_down(serve_url: str, tmp_path) -
         assert running_replicas() == 1
         with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
             # jobs long enough (seconds each on a tiny twin) that the queue outlives the autoscaler's reaction
-            body = {"prompt": "a crowd", "size": "160x96", "num_frames": 81, "num_inference_steps": 120}
+            body = {"prompt": "a crowd", "size": "160x96", "num_frames": 81, "num_inference_steps": 60}
             burst = [client.post("/v1/videos", json=body).json()["id"] for _ in range(6)]
             scale_up_s = until(lambda: running_replicas() >= 2, 180, "a scale-up")
             print(f"burst of 6 jobs -> a second replica RUNNING after {scale_up_s:.1f} s")

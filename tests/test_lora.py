@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -146,6 +147,8 @@ def test_after_a_job_with_an_adapter_the_next_is_the_base_exactly_on_every_way_o
 
 def test_sources_that_cannot_load_fail_at_load_naming_the_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # the hub reads the variable once, at import: without this it asks the network, and here waits out its retries
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match=r"'lightning'.*lightx2v/Wan2\.2-Lightning"):
         load_model(get_variant("tiny-t2v"), loras=[LoraSpec(name="lightning", source="lightx2v/Wan2.2-Lightning",
                                                             weight_name="high_noise_model.safetensors")])

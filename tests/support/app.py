@@ -14,7 +14,7 @@ from tests.s3server import free_port
 
 APP = "wan"
 TINY_MODELS = ["tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v", "tiny-a14b"]
-KEYED_APP = "keyed"  # the shared cluster's app with API keys (conftest's `keyed_url`)
+KEYED_APP = "keyed"  # test_auth's app with API keys, on the shared cluster
 KEY_A, KEY_B, ADMIN = "sk-alice-0123456789", "sk-bob-9876543210", "sk-admin-abcdef"
 
 
