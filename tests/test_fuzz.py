@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -32,7 +31,7 @@ from tests.support.app import app_args, app_config
 from tests.support.fakes import FakeHandle
 from tests.support.jobs import until
 
-APP, NO_DOCS = "fuzz", "nodocs"
+APP = "fuzz"
 KEY = "sk-fuzz-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 EXAMPLES = 50
@@ -140,27 +139,6 @@ def test_the_create_bodies_are_in_the_document(fuzz_schema: Any) -> None:
     assert "prompt" in fuzz_schema.raw_schema["components"]["schemas"]["VideoCreateRequest"]["properties"]
     upload = paths["/v1/sessions/{session_id}/uploads"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert upload["schema"]["properties"]["file"]["format"] == "binary"
-
-
-@pytest.fixture(scope="module")
-def no_docs_url(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    args = app_args(tmp_path_factory.mktemp(NO_DOCS), ["tiny-t2v"])
-    args["api_docs"] = False
-    args["studio"] = False
-    serve.run(build_app(args), name=NO_DOCS, route_prefix=f"/{NO_DOCS}")
-    yield f"{serve_url}/{NO_DOCS}"
-    serve.delete(NO_DOCS)
-
-
-def test_api_docs_and_studio_off_remove_them(no_docs_url: str, fuzz_url: str) -> None:
-    with httpx.Client(timeout=60) as client:
-        for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
-            assert client.get(no_docs_url + path).status_code == 404, path
-            assert client.get(fuzz_url + path).status_code == 200, path  # on by default
-        for path in ("/", "/studio/", "/studio/studio.js"):  # and the studio, with `studio: false`
-            assert client.get(no_docs_url + path).status_code == 404, path
-            assert client.get(fuzz_url + path, follow_redirects=True).status_code == 200, path
-        assert client.get(f"{no_docs_url}/v1/models").status_code == 200, "the API itself still answers"
 
 
 # --- no internal detail in errors ------------------------------------------------------------------------------

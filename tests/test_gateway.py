@@ -185,6 +185,9 @@ def test_each_app_is_its_own_keys_docs_and_studio() -> None:
     keyed = Service(app_config(["tiny-t2v"], auth={"api_keys": [KEY_A]}, api_docs=False, studio=False)).client
     open_ = Service(app_config(["tiny-t2v"])).client
     assert keyed.get("/v1/videos/video_0").status_code == 401 and open_.get("/v1/videos/video_0").status_code == 404
-    assert [keyed.get(p).status_code for p in ("/openapi.json", "/docs", "/")] == [404, 404, 404]
+    off = ("/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect", "/", "/studio/", "/studio/studio.js")
+    assert {p: keyed.get(p).status_code for p in off} == dict.fromkeys(off, 404)
     assert open_.get("/openapi.json").json()["paths"]["/v1/videos"]["post"]["requestBody"]
-    assert open_.get("/docs").status_code == 200 and open_.get("/", follow_redirects=False).status_code == 307
+    assert {p: open_.get(p).status_code for p in off[1:4] + off[5:]} == dict.fromkeys(off[1:4] + off[5:], 200)
+    assert open_.get("/", follow_redirects=False).status_code == 307
+    assert keyed.get("/v1/videos/video_0", headers={"Authorization": f"Bearer {KEY_A}"}).status_code == 404, "the API"
