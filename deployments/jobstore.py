@@ -1,6 +1,6 @@
 """Where the records are kept: one interface, SQLite by default (embedded, survives restarts).
 
-The record types are in `deployments/records.py` and re-exported here.
+The records themselves are `domain/records.py`'s: a job's typed `JobParams` is kept as JSON and read back typed.
 """
 
 from __future__ import annotations
