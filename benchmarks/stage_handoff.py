@@ -164,6 +164,7 @@ def main() -> None:
     flow_s = generate_s + encode_s
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(proxy_location="Disabled")  # handles only: no HTTP proxy, so no port to share with anything else
     producer = serve.run(Producer.bind(), name="producer", route_prefix=None)
     consumer = serve.run(Consumer.bind(), name="consumer", route_prefix=None)
     clip, clip_sums = alternate(handoff_paths(producer, consumer, shape), args.runs)
