@@ -30,6 +30,11 @@ ACTIVE = (JobStatus.QUEUED, JobStatus.IN_PROGRESS)
 ENDED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
+def new_id(prefix: str) -> str:
+    """The one place an id is minted (a job's, by its kind's prefix; a session's, an upload's): 128 random bits."""
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
 class JobKind(StrEnum):
     """What a job makes, which names its endpoints and the prefix of its id."""
 
@@ -42,8 +47,7 @@ class JobKind(StrEnum):
         return "img" if self is JobKind.IMAGE else self.value
 
     def new_id(self) -> str:
-        """The one place a job id is minted: the kind's prefix and 128 random bits."""
-        return f"{self.id_prefix}_{uuid.uuid4().hex}"
+        return new_id(self.id_prefix)
 
     def owns(self, job_id: str) -> bool:
         return job_id.startswith(f"{self.id_prefix}_")

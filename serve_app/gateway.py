@@ -14,7 +14,6 @@ import asyncio
 import base64
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Annotated, Any, Literal, TypeVar
@@ -25,7 +24,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from sse_starlette import EventSourceResponse
 
-from domain.records import Job, JobKind, JobStatus, Session
+from domain.records import Job, JobKind, JobStatus, Session, new_id
 from domain.views import upload_view
 from serve_app import errors, openapi, studio
 from serve_app.auth import Keys, authorize, caller_of
@@ -76,11 +75,6 @@ def endpoint(method: str, path: str, **options: Any) -> Callable[[H], H]:
         return handler
 
     return mark
-
-
-def new_record_id(prefix: Literal["sess", "upload"]) -> str:
-    """A session's or an upload's id, as `JobKind.new_id` mints a job's: its prefix and 128 random bits."""
-    return f"{prefix}_{uuid.uuid4().hex}"
 
 
 class Gateway:
@@ -272,7 +266,7 @@ class Gateway:
     async def create_session(self, request: Request, body: SessionCreateRequest | None = None) -> SessionView:
         metadata = body.metadata if body else {}
         check_metadata(self._config.limits, metadata)
-        session = Session(id=new_record_id("sess"), metadata=metadata, key_id=caller_of(request).key_id)
+        session = Session(id=new_id("sess"), metadata=metadata, key_id=caller_of(request).key_id)
         await self._tracker.create_session.remote(session)
         return SessionView(id=session.id, created_at=int(session.created_at), metadata=session.metadata)
 
@@ -301,7 +295,7 @@ class Gateway:
         RGB JPEG) in the multipart field `file`; refer to it by id in a video's media fields."""
         await self._intake.session(request, session_id)
         data, filename = await read_upload(request, self._config.limits)
-        upload, stored = await asyncio.to_thread(normalize_upload, session_id, new_record_id("upload"), data,
+        upload, stored = await asyncio.to_thread(normalize_upload, session_id, new_id("upload"), data,
                                                  filename, media_bounds(self._config.limits))
         upload.key_id = caller_of(request).key_id
         await self._uploader.put.remote(upload.key, stored, upload.content_type)

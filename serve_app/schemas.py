@@ -52,17 +52,23 @@ class MediaField(StrEnum):
 MEDIA_FIELDS = tuple(f.value for f in MediaField)
 
 
-def _json_text(value: Any) -> Any:
-    """Multipart carries structured fields as JSON text; JSON bodies carry them as they are."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError('must be a JSON list such as [{"name": "style", "scale": 0.8}]') from None
-    return value
+def _json_text(example: str) -> BeforeValidator:
+    """Multipart carries structured fields as JSON text, JSON bodies as they are: text is parsed, and text that is no
+    JSON is refused with an `example` of what the field takes."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(f"must be {example}") from None
+        return value
+
+    return BeforeValidator(parse)
 
 
-Loras = Annotated[list[LoraChoice], BeforeValidator(_json_text), Field(max_length=MAX_LORAS)]
+Loras = Annotated[list[LoraChoice], _json_text('a JSON list such as [{"name": "style", "scale": 0.8}]'),
+                  Field(max_length=MAX_LORAS)]
 
 
 class _Body(BaseModel):
@@ -134,16 +140,6 @@ class VideoCreateRequest(_Tuning):
         return _fields(self, set(MEDIA_FIELDS), webhook_url=self.webhook_url)
 
 
-def _json_object(value: Any) -> Any:
-    """Multipart carries `context` as JSON text; JSON bodies carry it as an object."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError('must be a JSON object such as {"prefer_quality": true}') from None
-    return value
-
-
 PreferQuality = Annotated[bool | None, Field(description="true: the *_high job type; false: *_fast; unset: the "
                                                        "model's defaults")]
 MaxDuration = Annotated[float | None, Field(gt=0, le=60, description="seconds; a longer ask is shortened")]
@@ -168,7 +164,7 @@ class RouteRequest(_Body):
                           "the task")
     prefer_quality: PreferQuality = None
     max_duration: MaxDuration = None
-    context: Annotated[RouteContext | None, BeforeValidator(_json_object)] = Field(
+    context: Annotated[RouteContext | None, _json_text('a JSON object such as {"prefer_quality": true}')] = Field(
         None, description='S3\'s form of the preferences, e.g. {"prefer_quality": true, "max_duration": 10}; one that '
                           "says otherwise than the same top-level field is a 400")
     create: bool = Field(False, description="also create the job; else only say what would run")
