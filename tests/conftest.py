@@ -20,14 +20,16 @@ from tests.support.jobs import until
 from tests.support.metrics import metric, scrape_until
 
 # these start and stop Ray themselves
-OWN_RAY = ("test_cluster.py", "test_restart.py", "test_faults.py", "test_benchmarks.py")
+OWN_RAY = ("test_cluster.py", "test_faults.py", "test_benchmarks.py")
 APP_READY_S = 240  # six tiny twins load in about 30 s; the deadline tells a slow start from one that never ends
 EXIT_STATUS = pytest.StashKey[int]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that start Ray their own way run before the shared app starts it; `gpu` tests need CUDA."""
-    items.sort(key=lambda item: item.path.name not in OWN_RAY)
+    """Tests that start Ray their own way run first, then those without Ray, then those on the shared app: the app
+    starts once, late, and its idle replicas (a tenth of a core per ten) slow no test that does not need them.
+    `gpu` tests need CUDA."""
+    items.sort(key=lambda item: (item.path.name not in OWN_RAY, "serve_url" in getattr(item, "fixturenames", ())))
     if not torch.cuda.is_available():
         no_gpu = pytest.mark.skip(reason=f"needs a CUDA GPU; torch {torch.__version__} sees none")
         for item in items:
@@ -59,8 +61,7 @@ def cluster() -> Iterator[Cluster]:
     cluster = Cluster()
     cluster.start()
     yield cluster
-    serve.shutdown()
-    ray.shutdown()
+    ray.shutdown()  # Serve with it: its graceful drain would only make the next module wait
 
 
 @pytest.fixture(scope="session")
@@ -80,8 +81,7 @@ def serve_url(serve_root: Path) -> Iterator[str]:
     scrape_until(lambda s: all(metric(s, "ray_wan_model_load_seconds_count", model=m) for m in TINY_MODELS),
                  "every generator's model load", timeout_s=APP_READY_S, logs_of="Generator")
     yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+    ray.shutdown()  # Serve with it, without a graceful drain nobody waits for
 
 
 @pytest.fixture(autouse=True)

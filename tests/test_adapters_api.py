@@ -34,7 +34,7 @@ def media(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
     with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
         yield client
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)
 
 
 def finished(client: httpx.Client, path: str) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def animate_app(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     serve.run(build_app(app_args(tmp_path_factory.mktemp(APP), ["tiny-animate"])), name=APP, route_prefix=f"/{APP}")
     with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
         yield client
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)
 
 
 def finished(client: httpx.Client, video_id: str) -> dict[str, Any]:

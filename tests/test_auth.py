@@ -44,7 +44,7 @@ def url(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
                     "admin_keys": [ADMIN], "required": True, "max_active_jobs_per_key": 1}
     serve.run(build_app(args), name=KEYED_APP, route_prefix=f"/{KEYED_APP}")
     yield f"{serve_url}/{KEYED_APP}"
-    serve.delete(KEYED_APP)
+    serve.delete(KEYED_APP, _blocking=False)
 
 
 def test_another_keys_or_unknown_job_has_no_events(url: str) -> None:

@@ -56,8 +56,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         yield {"url": f"http://127.0.0.1:{port}", "head": cluster.head_node.node_id,
                "gpus": {w.node_id for w in workers}}
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        ray.shutdown()  # Serve with it, undrained
         cluster.shutdown()
 
 
@@ -110,7 +109,7 @@ def test_a_replica_that_does_not_fit_stays_pending_and_says_why(cluster: dict[st
         assert serve.status().applications["wan"].status == "RUNNING"
         assert ray.available_resources().get("GPU", 0) == 0
     finally:
-        serve.delete("more")
+        serve.delete("more", _blocking=False)
 
 
 def test_a_job_runs_its_generator_on_the_gpu_node_and_its_stages_on_the_head(cluster: dict[str, Any]) -> None:

@@ -153,7 +153,7 @@ def enhanced_app(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
     with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
         yield client
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)
 
 
 def test_an_enhanced_job_over_http_records_its_enhanced_prompt_and_source(enhanced_app: httpx.Client,

@@ -50,7 +50,7 @@ def flows(serve_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFac
     serve.run(build_app(args), name="flows", route_prefix="/flows")
     with httpx.Client(base_url=f"{serve_url}/flows", timeout=60) as client:
         yield client
-    serve.delete("flows")
+    serve.delete("flows", _blocking=False)
 
 
 def bucket_keys(endpoint: str, prefix: str) -> set[str]:

@@ -61,7 +61,7 @@ def fuzz_url(serve_url: str, fuzz_root: Path) -> Iterator[str]:
         for job in jobs:
             tracker.cancel.remote(job.id).result()
     until(lambda: not tracker.queue.remote().result(), 120, "the fuzz's jobs to end")
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ def lifecycle(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
               route_prefix=f"/{APP}")
     with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
         yield client
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)
 
 
 def image_jobs() -> list[Any]:

@@ -35,7 +35,7 @@ def guarded(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
     with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
         yield client
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)
 
 
 def refused(response: httpx.Response, status: int, param: str) -> dict[str, Any]:

@@ -272,7 +272,7 @@ def expiring(serve_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPath
     serve.run(build_app(args), name="retention", route_prefix="/retention")
     with httpx.Client(base_url=f"{serve_url}/retention", timeout=60) as client:
         yield client, root / "outputs", bucket
-    serve.delete("retention")
+    serve.delete("retention", _blocking=False)
 
 
 def test_an_expired_job_goes_with_its_files_on_disk_and_in_the_bucket(expiring: Any, s3_endpoint: str) -> None:

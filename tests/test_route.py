@@ -195,7 +195,7 @@ def route_app(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
     with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
         yield client
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)
 
 
 def ended(client: httpx.Client, video_id: str) -> dict[str, Any]:

@@ -174,7 +174,7 @@ def zero_app(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
               route_prefix=f"/{APP}")
     with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
         yield client
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)
 
 
 def test_a_job_at_zero_replicas_waits_starting_then_completes_and_the_model_scales_back(

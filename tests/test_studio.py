@@ -152,7 +152,7 @@ def keyed_url(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     args["auth"] = {"api_keys": ["sha256:" + hashlib.sha256(KEY.encode()).hexdigest()], "required": True}
     serve.run(build_app(args), name=KEYED, route_prefix=f"/{KEYED}")
     yield f"{serve_url}/{KEYED}"
-    serve.delete(KEYED)
+    serve.delete(KEYED, _blocking=False)
 
 
 def test_with_a_key_the_studio_asks_for_it_keeps_it_and_plays_through_it(browser: sync_api.Browser,
