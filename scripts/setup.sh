@@ -17,8 +17,8 @@ if ! command -v chromium >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }) \
-      || echo "setup: chromium could not be installed: tests/test_studio.py will be skipped"
+      || echo "setup: chromium could not be installed: tests/keyed/test_studio.py will be skipped"
   else
-    echo "setup: no chromium, and no root apt-get to install it: tests/test_studio.py will be skipped"
+    echo "setup: no chromium, and no root apt-get to install it: tests/keyed/test_studio.py will be skipped"
   fi
 fi

@@ -26,10 +26,16 @@ EXIT_STATUS = pytest.StashKey[int]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that start Ray their own way run first, then those without Ray, then those on the shared app: the app
-    starts once, late, and its idle replicas (a tenth of a core per ten) slow no test that does not need them.
-    `gpu` tests need CUDA."""
-    items.sort(key=lambda item: (item.path.name not in OWN_RAY, "serve_url" in getattr(item, "fixturenames", ())))
+    """Tests that start Ray their own way run first; then those without Ray; then those with apps of their own on
+    the tests' cluster; then those on the shared app, which starts once, late: idle replicas cost the 2 cores about a
+    tenth of a core per ten, so none runs beside a test that does not need it. `gpu` tests need CUDA."""
+    def phase(item: pytest.Item) -> int:
+        if item.path.name in OWN_RAY:
+            return 0
+        fixtures = getattr(item, "fixturenames", ())
+        return 3 if "serve_url" in fixtures else 2 if "cluster_url" in fixtures else 1
+
+    items.sort(key=phase)
     if not torch.cuda.is_available():
         no_gpu = pytest.mark.skip(reason=f"needs a CUDA GPU; torch {torch.__version__} sees none")
         for item in items:
@@ -71,17 +77,23 @@ def serve_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def serve_url(serve_root: Path) -> Iterator[str]:
-    """The shared app, ready: every generator loaded and its first metrics exported (the readiness gate)."""
+def cluster_url() -> Iterator[str]:
+    """Ray and Serve on this machine, no app yet: the URL of Serve's proxy, where the apps of the tests go."""
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
              _system_config={"metrics_report_interval_ms": 1000})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    ray.shutdown()  # Serve with it, without a graceful drain nobody waits for
+
+
+@pytest.fixture(scope="session")
+def serve_url(cluster_url: str, serve_root: Path) -> str:
+    """The shared app, ready: every generator loaded and its first metrics exported (the readiness gate)."""
     serve.run(build_app(app_args(serve_root, TINY_MODELS)), name=APP, route_prefix="/")
     scrape_until(lambda s: all(metric(s, "ray_wan_model_load_seconds_count", model=m) for m in TINY_MODELS),
                  "every generator's model load", timeout_s=APP_READY_S, logs_of="Generator")
-    yield f"http://127.0.0.1:{port}"
-    ray.shutdown()  # Serve with it, without a graceful drain nobody waits for
+    return cluster_url
 
 
 @pytest.fixture(autouse=True)

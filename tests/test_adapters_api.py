@@ -26,13 +26,13 @@ CONFIG = Path(__file__).parent.parent / "configs" / "media-pipeline.yaml"
 
 
 @pytest.fixture(scope="module")
-def media(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def media(cluster_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """The shipped config as it is, in the shared cluster, with its files under a temporary directory."""
     root = tmp_path_factory.mktemp(APP)
     [app] = yaml.safe_load(CONFIG.read_text())["applications"]
     args = app["args"] | {"job_db": str(root / "jobs.db"), "storage": {"root": str(root / "outputs")}}
     serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
-    with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
+    with httpx.Client(base_url=f"{cluster_url}/{APP}", timeout=60) as client:
         yield client
     serve.delete(APP, _blocking=False)
 

@@ -65,9 +65,9 @@ def test_animate_inputs_that_cannot_work_are_400s_naming_the_field(fields: Field
 
 
 @pytest.fixture(scope="module")
-def animate_app(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def animate_app(cluster_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     serve.run(build_app(app_args(tmp_path_factory.mktemp(APP), ["tiny-animate"])), name=APP, route_prefix=f"/{APP}")
-    with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
+    with httpx.Client(base_url=f"{cluster_url}/{APP}", timeout=60) as client:
         yield client
     serve.delete(APP, _blocking=False)
 

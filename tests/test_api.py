@@ -339,8 +339,10 @@ def test_queue_depth_and_position(client: httpx.Client) -> None:
 
 def test_custom_metrics_on_the_prometheus_endpoint(client: httpx.Client) -> None:
     """What one job changes: created and finished counters, a generation and its steps, and the gauge of
-    running jobs while it runs. Counts are read before and after, so earlier tests cannot make it pass."""
-    tags = {"model": "tiny-t2v"}
+    running jobs while it runs. Counts are read before and after, so earlier tests cannot make it pass, and only the
+    shared app's series count: the apps of other tests export the same names, and a deleted one's last values may
+    linger on the endpoint."""
+    tags = {"model": "tiny-t2v", "application": APP}
     before = scrape()
 
     def count(samples: dict, name: str, **labels: str) -> float:

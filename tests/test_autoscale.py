@@ -19,7 +19,7 @@ def running_replicas() -> int:
     return deployment.replica_states.get("RUNNING", 0)
 
 
-def test_a_burst_scales_a_generator_up_and_back_down(serve_url: str, tmp_path) -> None:
+def test_a_burst_scales_a_generator_up_and_back_down(cluster_url: str, tmp_path) -> None:
     # Serve's handles push their queue lengths every `metrics_interval_s` (10 s by default): half a second here, so the
     # controller sees the burst within a second, and the look-back spans a few pushes.
     autoscaling = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
@@ -28,7 +28,7 @@ def test_a_burst_scales_a_generator_up_and_back_down(serve_url: str, tmp_path) -
               route_prefix=f"/{APP}")
     try:
         assert running_replicas() == 1
-        with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
+        with httpx.Client(base_url=f"{cluster_url}/{APP}", timeout=60) as client:
             # minutes of steps each on 2 cores: the queue outlives the autoscaler's reaction on any machine, and the
             # burst is cancelled once it has shown what it is for
             body = {"prompt": "a crowd", "size": "320x192", "num_frames": 81, "num_inference_steps": 200}

@@ -4,6 +4,7 @@ They start Ray themselves (in their own process), so conftest runs them before t
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -49,11 +50,14 @@ def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, t
     start-up waiting, so together they take about as long as the longest, not the sum. Output goes to files, which
     never fill up and block a process as an unread pipe would."""
     logs = tmp_path_factory.mktemp("smokes")
+    # Four Ray clusters start at once on 2 cores: a proxy can take more than Serve's 5 s ready check, after which
+    # the controller kills it and `serve.start` fails with ActorDiedError.
+    env = os.environ | {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}
     runs = {}
     for name in sorted(SMOKES):
         with (logs / f"{name}.out").open("w") as out, (logs / f"{name}.err").open("w") as err:
             runs[name] = (subprocess.Popen([sys.executable, "-m", f"benchmarks.{name}", "--smoke"], cwd=ROOT,
-                                           stdout=out, stderr=err), logs / name)
+                                           env=env, stdout=out, stderr=err), logs / name)
     yield runs
     for run, _ in runs.values():
         run.kill()

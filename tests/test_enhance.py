@@ -147,11 +147,11 @@ def test_an_enhancer_that_times_out_or_fails_leaves_the_prompt_as_sent(monkeypat
 
 
 @pytest.fixture(scope="module")
-def enhanced_app(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def enhanced_app(cluster_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     args = app_args(tmp_path_factory.mktemp(APP), ["tiny-t2v"]) | {
         "enhancer": CONFIG["enhancer"] | {"ray_actor_options": {"num_cpus": 0.1}}}
     serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
-    with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
+    with httpx.Client(base_url=f"{cluster_url}/{APP}", timeout=60) as client:
         yield client
     serve.delete(APP, _blocking=False)
 

@@ -42,13 +42,13 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def flows(serve_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def flows(cluster_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     args = app_args(tmp_path_factory.mktemp("flows"), ["tiny-t2v", "tiny-vace", "tiny-i2v"])
     args["storage"]["s3"] = {"bucket": BUCKET, "endpoint_url": s3_endpoint, "create_bucket": True, **S3_KEYS}
     args["webhooks"] = {"secret": SECRET, "backoff_s": 0.05, "max_attempts": 3, "allow_private_networks": True}
     args["extend"] = {"overlap_frames": 5}
     serve.run(build_app(args), name="flows", route_prefix="/flows")
-    with httpx.Client(base_url=f"{serve_url}/flows", timeout=60) as client:
+    with httpx.Client(base_url=f"{cluster_url}/flows", timeout=60) as client:
         yield client
     serve.delete("flows", _blocking=False)
 
@@ -275,20 +275,20 @@ def test_cancel_stops_a_job_in_its_extend_stage(flows: httpx.Client) -> None:
     assert v["status"] == "cancelled" and v["step"] < v["total_steps"] == 40 * 6
 
 
-def test_a_failed_upload_keeps_the_video_and_can_be_retried(serve_url: str, tmp_path) -> None:
+def test_a_failed_upload_keeps_the_video_and_can_be_retried(cluster_url: str, tmp_path) -> None:
     port = free_port()  # nothing listens here yet: every upload fails
     args = app_args(tmp_path, ["tiny-t2v"])
     args["storage"]["s3"] = {"bucket": BUCKET, "endpoint_url": f"http://127.0.0.1:{port}", "max_attempts": 1,
                              **S3_KEYS}
     serve.run(build_app(args), name="s3down", route_prefix="/s3down")
     try:
-        with httpx.Client(base_url=f"{serve_url}/s3down", timeout=60) as client:
+        with httpx.Client(base_url=f"{cluster_url}/s3down", timeout=60) as client:
             video = completed(client, client.post("/v1/videos", json={"prompt": "kept", "num_frames": 5}).json()["id"])
             assert video["upload"]["status"] == "failed" and BUCKET in video["upload"]["error"]
             scrape_until(lambda s: metric(s, "ray_wan_upload_failures_total") is not None, "the upload failure")
             frames, _, _ = probe(content(client, video["id"], "video"))
             assert len(frames) == 5, "the local copy serves the video"
-            assert video["assets"][0]["url"].startswith(f"{serve_url}/s3down/v1/videos/")
+            assert video["assets"][0]["url"].startswith(f"{cluster_url}/s3down/v1/videos/")
             with s3_server(port=port) as endpoint:
                 boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
                              aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
@@ -298,4 +298,4 @@ def test_a_failed_upload_keeps_the_video_and_can_be_retried(serve_url: str, tmp_
                     f"generations/{video['id']}/video.mp4", f"generations/{video['id']}/thumbnail.webp"}
                 assert httpx.get(retried["assets"][0]["url"]).content == content(client, video["id"], "video")
     finally:
-        serve.delete("s3down")
+        serve.delete("s3down", _blocking=False)

@@ -90,8 +90,9 @@ def test_the_cycle_check_finds_a_cycle() -> None:
 
 def test_no_test_module_imports_another() -> None:
     """Shared test code lives in `tests/support/` and `conftest.py`, never in a test module."""
-    offenders = {path.name: sorted(i for i in _imports(path, f"tests.{path.stem}") if i.startswith("tests.test_"))
-                 for path in sorted((ROOT / "tests").glob("test_*.py"))}
+    modules = {".".join(path.relative_to(ROOT).with_suffix("").parts): path
+               for path in sorted((ROOT / "tests").rglob("test_*.py"))}
+    offenders = {name: sorted(i for i in _imports(path, name) if i in modules) for name, path in modules.items()}
     assert not {k: v for k, v in offenders.items() if v}
 
 

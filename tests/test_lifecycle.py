@@ -22,10 +22,10 @@ SLOW_IMAGE = {"prompt": "a slow apple", "num_inference_steps": 200}  # seconds e
 
 
 @pytest.fixture(scope="module")
-def lifecycle(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def lifecycle(cluster_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     serve.run(build_app(app_args(tmp_path_factory.mktemp(APP), ["tiny-t2v"], max_queued_jobs=LIMIT)), name=APP,
               route_prefix=f"/{APP}")
-    with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
+    with httpx.Client(base_url=f"{cluster_url}/{APP}", timeout=60) as client:
         yield client
     serve.delete(APP, _blocking=False)
 
@@ -40,10 +40,10 @@ def active(client: httpx.Client) -> int:
     return entry["queued"] + entry["in_progress"]
 
 
-def test_images_a_client_stops_waiting_for_are_cancelled(lifecycle: httpx.Client, serve_url: str) -> None:
+def test_images_a_client_stops_waiting_for_are_cancelled(lifecycle: httpx.Client, cluster_url: str) -> None:
     """The design: nobody can read a synchronous response once its client has gone, so its jobs are cancelled."""
     before = {j.id for j in image_jobs()}
-    url = httpx.URL(serve_url)
+    url = httpx.URL(cluster_url)
     body = json.dumps({**SLOW_IMAGE, "n": 3}).encode()
     with socket.create_connection((url.host, url.port), timeout=60) as waiting:  # a client that waits for its images
         waiting.sendall(f"POST /{APP}/v1/images/generations HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"

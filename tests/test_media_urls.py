@@ -28,12 +28,12 @@ def origin() -> Iterator[Origin]:
 
 
 @pytest.fixture(scope="module")
-def guarded(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def guarded(cluster_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """Media URLs over http and on loopback allowed (the test's origin is local), webhooks left as shipped."""
     args = app_args(tmp_path_factory.mktemp(APP), ["tiny-i2v"])
     args["media_urls"] = {"allow_http": True, "allow_private_networks": True, "max_mb": 1, "timeout_s": 5}
     serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
-    with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
+    with httpx.Client(base_url=f"{cluster_url}/{APP}", timeout=60) as client:
         yield client
     serve.delete(APP, _blocking=False)
 

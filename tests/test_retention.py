@@ -261,7 +261,7 @@ def test_delete_an_image(client: httpx.Client, serve_root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def expiring(serve_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+def expiring(cluster_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[tuple[httpx.Client, Path, str]]:
     """An app whose records expire within three seconds, swept every half second, with a bucket."""
     root = tmp_path_factory.mktemp("retention")
@@ -270,7 +270,7 @@ def expiring(serve_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPath
     args["storage"]["s3"] = {"bucket": bucket, "endpoint_url": s3_endpoint, "create_bucket": True, **S3_KEYS}
     args["retention"] = {"days": 0.00003, "sweep_interval_s": 0.5}
     serve.run(build_app(args), name="retention", route_prefix="/retention")
-    with httpx.Client(base_url=f"{serve_url}/retention", timeout=60) as client:
+    with httpx.Client(base_url=f"{cluster_url}/retention", timeout=60) as client:
         yield client, root / "outputs", bucket
     serve.delete("retention", _blocking=False)
 

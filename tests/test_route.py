@@ -188,12 +188,12 @@ def test_unavailability_comes_from_the_queue_and_the_replicas() -> None:
 
 
 @pytest.fixture(scope="module")
-def route_app(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def route_app(cluster_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """tiny-t2v takes one job at a time; tiny-a14b also does t2v."""
     args = app_args(tmp_path_factory.mktemp(APP), ["tiny-t2v", "tiny-a14b"])
     args["models"][0] |= {"default_for": ["t2v", "t2i"], "max_queued_jobs": 1}
     serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
-    with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
+    with httpx.Client(base_url=f"{cluster_url}/{APP}", timeout=60) as client:
         yield client
     serve.delete(APP, _blocking=False)
 

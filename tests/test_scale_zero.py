@@ -169,10 +169,10 @@ def replicas() -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def zero_app(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def zero_app(cluster_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     serve.run(build_app(app_args(tmp_path_factory.mktemp(APP), [MODEL], autoscaling_config=ZERO)), name=APP,
               route_prefix=f"/{APP}")
-    with httpx.Client(base_url=f"{serve_url}/{APP}", timeout=60) as client:
+    with httpx.Client(base_url=f"{cluster_url}/{APP}", timeout=60) as client:
         yield client
     serve.delete(APP, _blocking=False)
 

@@ -14,8 +14,9 @@ from tests.s3server import free_port
 
 APP = "wan"
 TINY_MODELS = ["tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v", "tiny-a14b"]
-KEYED_APP = "keyed"  # test_auth's app with API keys, on the shared cluster
+KEYED_APP = "keyed"  # tests/keyed/'s app with API keys, on the tests' cluster
 KEY_A, KEY_B, ADMIN = "sk-alice-0123456789", "sk-bob-9876543210", "sk-admin-abcdef"
+FUZZ_KEY, STUDIO_KEY = "sk-fuzz-0123456789", "sk-studio-0123456789"
 
 
 def app_args(root: Path, models: list[str], **extra: Any) -> dict[str, Any]:

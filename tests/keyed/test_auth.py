@@ -4,19 +4,16 @@ admin key that sees all, and per-key admission; the key check itself in-process.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 
 import httpx
 import pytest
 from httpx_sse import connect_sse
 from openai import OpenAI
-from ray import serve
 
-from serve_app.app import build_app
 from serve_app.auth import Keys
 from serve_app.errors import APIError
 from tests.media import png
-from tests.support.app import ADMIN, KEY_A, KEY_B, KEYED_APP, app_args, as_key
+from tests.support.app import ADMIN, KEY_A, KEY_B, KEYED_APP, as_key
 from tests.support.cli import wan
 from tests.support.jobs import ENDED, ended, wait_for
 
@@ -34,17 +31,11 @@ def test_keys_from_config_digests_and_the_environment(monkeypatch: pytest.Monkey
     assert Keys.resolve([], [], "WAN_NO_SUCH_VAR").caller(None).admin, "no keys: open, one anonymous admin"
 
 
-@pytest.fixture(scope="module")
-def url(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An app on the shared cluster that requires API keys: KEY_A and KEY_B (given as a digest) see only their own
-    records, ADMIN sees all, and each key may have one active job. This module's only: an idle app costs the 2 cores
-    a little all the time."""
-    args = app_args(tmp_path_factory.mktemp(KEYED_APP), ["tiny-t2v"])
-    args["auth"] = {"api_keys": [KEY_A, "sha256:" + hashlib.sha256(KEY_B.encode()).hexdigest()],
-                    "admin_keys": [ADMIN], "required": True, "max_active_jobs_per_key": 1}
-    serve.run(build_app(args), name=KEYED_APP, route_prefix=f"/{KEYED_APP}")
-    yield f"{serve_url}/{KEYED_APP}"
-    serve.delete(KEYED_APP, _blocking=False)
+@pytest.fixture
+def url(keyed_url: str) -> str:
+    """The keyed app (tests/keyed/conftest.py): KEY_A and KEY_B see only their own records, ADMIN sees all, and each
+    key may have one active job."""
+    return keyed_url
 
 
 def test_another_keys_or_unknown_job_has_no_events(url: str) -> None:

@@ -25,15 +25,12 @@ from deployments.flow import _reason
 from deployments.plan import StageFailed, stage
 from deployments.redact import scrub
 from serve_app import errors
-from serve_app.app import build_app
 from serve_app.gateway import Gateway, build_api
-from tests.support.app import app_args, app_config
+from tests.support.app import FUZZ_KEY, KEYED_APP, app_config
 from tests.support.fakes import FakeHandle
 from tests.support.jobs import until
 
-APP = "fuzz"
-KEY = "sk-fuzz-0123456789"
-AUTH = {"Authorization": f"Bearer {KEY}"}
+AUTH = {"Authorization": f"Bearer {FUZZ_KEY}"}
 EXAMPLES = 50
 REAL_CREATE_EVERY = 10  # one video create in ten really queues (capped at one active job); the rest are dry runs
 TALLY: Counter[str] = Counter()  # requests per operation label, and "5xx"
@@ -43,31 +40,22 @@ LEAKS = re.compile(r"Traceback|File \"|pid=|actor_id|ActorID|\b127\.0\.0\.1\b|ra
 
 
 @pytest.fixture(scope="module")
-def fuzz_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp(APP)
-
-
-@pytest.fixture(scope="module")
-def fuzz_url(serve_url: str, fuzz_root: Path) -> Iterator[str]:
-    """An app with a key, in the shared cluster: one tiny model, and at most one active job for the fuzz's key, so
-    the creates that pass validation mostly end in a 429 instead of a queue of generations."""
-    args = app_args(fuzz_root, ["tiny-t2v"])
-    args["auth"] = {"api_keys": [KEY], "required": True, "max_active_jobs_per_key": 1}
-    serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
-    yield f"{serve_url}/{APP}"
-    tracker = serve.get_deployment_handle("JobTracker", APP)
-    for kind in ("video", "image", "batch"):  # what the fuzz left running stops now, not after its generation
+def fuzz_url(keyed_url: str) -> Iterator[str]:
+    """The keyed app (tests/keyed/conftest.py), where the fuzz's key may have one active job. What the fuzz left
+    running stops when it is done, not after its generation."""
+    yield keyed_url
+    tracker = serve.get_deployment_handle("JobTracker", KEYED_APP)
+    for kind in ("video", "image", "batch"):
         jobs, _ = tracker.list.remote(kind, None, 100, "desc", None).result()
         for job in jobs:
             tracker.cancel.remote(job.id).result()
     until(lambda: not tracker.queue.remote().result(), 120, "the fuzz's jobs to end")
-    serve.delete(APP, _blocking=False)
 
 
 @pytest.fixture(scope="module")
 def fuzz_schema(fuzz_url: str) -> Any:
     """The document the service itself serves: what SDK generators and clients see. Every request carries the key
-    (tests/test_auth.py covers its absence), so the examples reach the handlers instead of a 401."""
+    (tests/keyed/test_auth.py covers its absence), so the examples reach the handlers instead of a 401."""
     schema = schemathesis.openapi.from_url(f"{fuzz_url}/openapi.json", timeout=30)
     schema.config.generation.update(with_security_parameters=False)
     return schema
@@ -93,7 +81,7 @@ def _tame(case: Any) -> None:
 
 
 @pytest.mark.parametrize("label", OPERATIONS)
-def test_no_operation_answers_a_server_error(label: str, fuzz_schema: Any, fuzz_url: str, fuzz_root: Path) -> None:
+def test_no_operation_answers_a_server_error(label: str, fuzz_schema: Any, fuzz_url: str, keyed_root: Path) -> None:
     """Positive and negative examples of `label`, each sent over HTTP with the key; none may be a 5xx, and no
     error may carry a traceback, a process or actor id, a local address or the storage path."""
     operation = fuzz_schema.find_operation_by_label(label)
@@ -110,7 +98,7 @@ def test_no_operation_answers_a_server_error(label: str, fuzz_schema: Any, fuzz_
         TALLY["5xx"] += response.status_code >= 500
         STATUSES[response.status_code] += 1
         if response.status_code >= 400:
-            assert not LEAKS.search(response.text) and str(fuzz_root) not in response.text, response.text
+            assert not LEAKS.search(response.text) and str(keyed_root) not in response.text, response.text
         case.validate_response(response, checks=[not_a_server_error])
 
     fuzz()

@@ -7,7 +7,6 @@ ranges); an inline error naming the field; screenshots at desktop and phone widt
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -15,11 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ray import serve
 
-from serve_app.app import build_app
 from tests.media import png
-from tests.support.app import app_args
+from tests.support.app import STUDIO_KEY
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # what the browser needs on a machine with no network and no display; a fresh profile each time
@@ -142,19 +139,6 @@ def test_drop_an_image_and_cancel_from_the_gallery(browser: sync_api.Browser, se
     assert httpx.get(f"{serve_url}/v1/videos/{video_id}").status_code == 404
 
 
-KEYED, KEY = "studio_keyed", "sk-studio-0123456789"
-
-
-@pytest.fixture(scope="module")
-def keyed_url(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An app that needs a key, under a route prefix, as a platform team would put one behind a path."""
-    args = app_args(tmp_path_factory.mktemp(KEYED), ["tiny-t2v"])
-    args["auth"] = {"api_keys": ["sha256:" + hashlib.sha256(KEY.encode()).hexdigest()], "required": True}
-    serve.run(build_app(args), name=KEYED, route_prefix=f"/{KEYED}")
-    yield f"{serve_url}/{KEYED}"
-    serve.delete(KEYED, _blocking=False)
-
-
 def test_with_a_key_the_studio_asks_for_it_keeps_it_and_plays_through_it(browser: sync_api.Browser,
                                                                            keyed_url: str) -> None:
     """The key is entered once and kept; the thumbnail and the player's byte ranges, which cannot carry a header,
@@ -165,12 +149,12 @@ def test_with_a_key_the_studio_asks_for_it_keeps_it_and_plays_through_it(browser
     assert page.url == f"{keyed_url}/studio/", "/ leads to the studio under the app's route prefix"
     page.wait_for_selector("body[data-ready=true]")
     sync_api.expect(page.locator("#gallery-error")).to_contain_text("API key")
-    page.fill("#api-key", KEY)
+    page.fill("#api-key", STUDIO_KEY)
     page.click("#key-form button")
     sync_api.expect(page.locator("#gallery-error")).to_be_hidden()
     page.reload()  # kept in the browser: no key to enter again
     page.wait_for_selector("body[data-ready=true]")
-    assert page.input_value("#api-key") == KEY
+    assert page.input_value("#api-key") == STUDIO_KEY
     page.fill("#prompt", "behind a key")
     first = submit(page)
     sync_api.expect(first.locator(".badge")).to_have_text("completed", timeout=120_000)
