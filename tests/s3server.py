@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO
@@ -53,6 +53,21 @@ def s3_server(start_timeout_s: float = 30, port: int | None = None) -> Iterator[
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+class MotoServer:
+    """moto's server on one loopback port, which a test can stop and start again there: S3 going away and coming
+    back (empty: moto keeps its buckets in memory)."""
+
+    def __init__(self) -> None:
+        self.endpoint = f"http://127.0.0.1:{free_port()}"
+        self._running = ExitStack()
+
+    def start(self) -> None:
+        self._running.enter_context(s3_server(port=urlsplit(self.endpoint).port))
+
+    def stop(self) -> None:
+        self._running.close()
 
 
 def _wait_until_up(proc: subprocess.Popen[bytes], endpoint: str, log: IO[bytes], timeout_s: float) -> None:

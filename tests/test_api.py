@@ -338,21 +338,17 @@ def test_queue_depth_and_position(client: httpx.Client) -> None:
 
 
 def test_custom_metrics_on_the_prometheus_endpoint(client: httpx.Client) -> None:
-    """What one job changes: created and finished counters, a generation and its steps, and the gauge of
-    running jobs while it runs. Counts are read before and after, so earlier tests cannot make it pass, and only the
-    shared app's series count: the apps of other tests export the same names, and a deleted one's last values may
-    linger on the endpoint."""
+    """What one job changes: created and finished counters, a generation and its steps, and the gauge of running
+    jobs back at 0 (the next test sees it at 1). Counts are read before and after, so earlier tests cannot make it
+    pass, and only the shared app's series count: the apps of other tests export the same names."""
     tags = {"model": "tiny-t2v", "application": APP}
     before = scrape()
 
     def count(samples: dict, name: str, **labels: str) -> float:
         return metric(samples, name, **tags, **labels) or 0.0
 
-    steps = 120  # several seconds: Ray reports each second, so the gauge is seen while the job runs
-    video = create(client, json={"prompt": "measured", "num_frames": 81, "num_inference_steps": steps})
-    # The gauge lags by up to Ray's 1 s report: by the time it shows, the job may have ended, so only the gauge
-    # is asserted here (the job's own status moving through in_progress is test_progress_rises_step_by_step's).
-    scrape_until(lambda s: count(s, "ray_wan_jobs", status="in_progress") == 1, "the gauge of a running job")
+    steps = 12
+    video = create(client, json={"prompt": "measured", "num_frames": 9, "num_inference_steps": steps})
     finished_mp4(client, video)
     want = {
         ("ray_wan_jobs_created_total", "kind", "video"): 1,
@@ -374,3 +370,13 @@ def test_custom_metrics_on_the_prometheus_endpoint(client: httpx.Client) -> None
     assert changed(after) == want
     routes = {labels.get("route") for labels, _ in after.get("ray_serve_deployment_request_counter_total", [])}
     assert downloads(after) - downloads(before) == 1, f"finished_mp4 downloads once; routes counted: {routes}"
+
+
+def test_the_gauge_of_running_jobs_shows_a_running_job_until_it_ends(client: httpx.Client) -> None:
+    """Ray reports each second and a scrape may take longer: the job runs (minutes of steps) until the gauge has
+    been seen, then is cancelled."""
+    tags = {"model": "tiny-t2v", "application": APP}
+    video = create(client, json={"prompt": "gauged", "size": "320x192", "num_frames": 81, "num_inference_steps": 200})
+    scrape_until(lambda s: metric(s, "ray_wan_jobs", status="in_progress", **tags) == 1, "the gauge of a running job")
+    assert client.post(f"/v1/videos/{video['id']}/cancel").status_code == 200
+    scrape_until(lambda s: metric(s, "ray_wan_jobs", status="in_progress", **tags) == 0, "the gauge back at 0")

@@ -35,6 +35,7 @@ from tests.support.webhooks import WebhookReceiver, webhook_receiver
 # Seconds on 2 cores (at the default 64x32 it ended in 1.3 s, before the 1 s sweep could stop it): still running when
 # its replica dies.
 LONG = {"num_frames": 81, "num_inference_steps": 200, "size": "160x96"}
+DRAIN_S = 300
 SWEEP_S = 1.0  # the tracker's sweep for jobs whose flow runner is gone (30 s by default)
 LEAKS = ("actor", "pid", "ip=", "192.", "127.0.0.1", "SERVE_REPLICA", "/")  # Ray's error text; none may reach a job
 
@@ -58,7 +59,9 @@ def faults_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def faults(cluster: Cluster, receiver: WebhookReceiver, faults_root: Path) -> Iterator[httpx.Client]:
-    serve.run(build_app(fault_args(faults_root)), name="faults", route_prefix="/faults")
+    # old replicas drain for as long as a generation may take, as in production
+    serve.run(build_app(fault_args(faults_root, graceful_shutdown_timeout_s=DRAIN_S)), name="faults",
+              route_prefix="/faults")
     with httpx.Client(base_url=f"{cluster.url}/faults", timeout=60) as client:
         yield client
     if "faults" in serve.status().applications:  # gone already if the crash test ran
@@ -182,6 +185,32 @@ def test_a_webhook_whose_delivery_was_never_recorded_is_sent_by_the_sweep(faults
           "the delivery recorded again")
 
 
+def test_a_redeploy_lets_a_running_generation_finish(faults: httpx.Client, faults_root: Path) -> None:
+    """On this module's app, which it redeploys: so before the crash, which takes the app down."""
+    # seconds of steps on 2 cores (81 frames at 64x32 took 1.3 s, less than a redeploy takes to start)
+    running = faults.post("/v1/videos", json={"prompt": "through a redeploy", "size": "160x96", "num_frames": 81,
+                                              "num_inference_steps": 200}).json()
+    path = f"/v1/videos/{running['id']}"
+    before = poll(faults, path, lambda v: v["step"] >= 1 or v["status"] in ENDED, what="the job's first step")
+    assert before["status"] == "in_progress", before
+    # A new configuration: Serve starts new replicas of every deployment (the job tracker too) and drains the
+    # old ones; the old generator and flow runner keep the running job until it ends. Not waited for here, so
+    # the job is read once the controller has taken the redeploy on.
+    args = fault_args(faults_root, graceful_shutdown_timeout_s=DRAIN_S)
+    args["models"][0]["ray_actor_options"] = {"num_cpus": 0.11}
+    serve._run(build_app(args), name="faults", route_prefix="/faults", _blocking=False)
+    during = faults.get(path).json()
+    assert during["status"] == "in_progress" and before["step"] <= during["step"] < 200, \
+        f"the redeploy began while the job was running: {before['step']} then {during}"
+    done = wait_for(faults, running["id"], ENDED, timeout_s=300)
+    assert (done["status"], done["step"]) == ("completed", 200), done
+    frames, _, _ = probe(faults.get(f"{path}/content").content)
+    assert frames.shape == (81, 96, 160, 3)
+    until(lambda: serve.status().applications["faults"].status == "RUNNING", 120, "the redeploy to finish")
+    after = faults.post("/v1/videos", json={"prompt": "on the new replica", "num_frames": 5}).json()
+    assert wait_for(faults, after["id"], ENDED)["status"] == "completed"
+
+
 def test_a_crash_keeps_finished_jobs_and_ends_all_12_in_flight_with_their_webhooks(cluster: Cluster,
                                                                                    receiver: WebhookReceiver,
                                                                                    tmp_path: Path) -> None:
@@ -221,34 +250,6 @@ def test_a_crash_keeps_finished_jobs_and_ends_all_12_in_flight_with_their_webhoo
         assert after.status_code == 200, after.text
         assert wait_for(client, after.json()["id"], ENDED)["status"] == "completed"
     serve.delete("crash", _blocking=False)
-
-
-def test_a_redeploy_lets_a_running_generation_finish(cluster: Cluster, tmp_path: Path) -> None:
-    args = app_args(tmp_path, ["tiny-t2v"], graceful_shutdown_timeout_s=300)
-    serve.run(build_app(args), name="drained", route_prefix="/drained")
-    with httpx.Client(base_url=f"{cluster.url}/drained", timeout=60) as client:
-        # seconds of steps on 2 cores (81 frames at 64x32 took 1.3 s, less than a redeploy takes to start)
-        running = client.post("/v1/videos", json={"prompt": "through a redeploy", "size": "160x96", "num_frames": 81,
-                                                  "num_inference_steps": 200}).json()
-        path = f"/v1/videos/{running['id']}"
-        before = poll(client, path, lambda v: v["step"] >= 1 or v["status"] in ENDED, what="the job's first step")
-        assert before["status"] == "in_progress", before
-        # A new configuration: Serve starts new replicas of every deployment (the job tracker too) and drains the
-        # old ones; the old generator and flow runner keep the running job until it ends. Not waited for here, so
-        # the job is read once the controller has taken the redeploy on.
-        args["models"][0]["ray_actor_options"] = {"num_cpus": 0.11}
-        serve._run(build_app(args), name="drained", route_prefix="/drained", _blocking=False)
-        during = client.get(path).json()
-        assert during["status"] == "in_progress" and before["step"] <= during["step"] < 200, \
-            f"the redeploy began while the job was running: {before['step']} then {during}"
-        done = wait_for(client, running["id"], ENDED, timeout_s=300)
-        assert (done["status"], done["step"]) == ("completed", 200), done
-        frames, _, _ = probe(client.get(f"{path}/content").content)
-        assert frames.shape == (81, 96, 160, 3)
-        until(lambda: serve.status().applications["drained"].status == "RUNNING", 120, "the redeploy to finish")
-        after = client.post("/v1/videos", json={"prompt": "on the new replica", "num_frames": 5}).json()
-        assert wait_for(client, after["id"], ENDED)["status"] == "completed"
-    serve.delete("drained", _blocking=False)
 
 
 def test_a_redeploy_that_cuts_12_jobs_short_ends_all_12_with_their_webhooks(cluster: Cluster,
