@@ -14,7 +14,6 @@ import torch
 from ray import serve
 
 from serve_app.app import build_app
-from tests.s3server import free_port
 from tests.support.app import APP, TINY_MODELS, Cluster, app_args
 from tests.support.jobs import until
 from tests.support.metrics import metric, scrape_until
@@ -78,12 +77,11 @@ def serve_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def cluster_url() -> Iterator[str]:
-    """Ray and Serve on this machine, no app yet: the URL of Serve's proxy, where the apps of the tests go."""
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
-             _system_config={"metrics_report_interval_ms": 1000})
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield f"http://127.0.0.1:{port}"
+    """Ray and Serve on this machine, no app yet: the URL of Serve's proxy, where the apps of the tests go. Metrics
+    are reported each second, so a test sees its job's in a second or two."""
+    cluster = Cluster(num_cpus=8, system_config={"metrics_report_interval_ms": 1000})
+    cluster.start()
+    yield cluster.url
     ray.shutdown()  # Serve with it, without a graceful drain nobody waits for
 
 

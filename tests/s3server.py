@@ -60,11 +60,12 @@ class MotoServer:
     back (empty: moto keeps its buckets in memory)."""
 
     def __init__(self) -> None:
-        self.endpoint = f"http://127.0.0.1:{free_port()}"
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
         self._running = ExitStack()
 
     def start(self) -> None:
-        self._running.enter_context(s3_server(port=urlsplit(self.endpoint).port))
+        self._running.enter_context(s3_server(port=self.port))
 
     def stop(self) -> None:
         self._running.close()

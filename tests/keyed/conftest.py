@@ -3,7 +3,6 @@ starts once for the three modules and goes once they are done (an idle app costs
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,11 +10,8 @@ import pytest
 from ray import serve
 
 from serve_app.app import build_app
+from serve_app.auth import DIGEST_PREFIX, digest
 from tests.support.app import ADMIN, FUZZ_KEY, KEY_A, KEY_B, KEYED_APP, STUDIO_KEY, app_args
-
-
-def digest(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 @pytest.fixture(scope="package")
@@ -30,8 +26,9 @@ def keyed_url(cluster_url: str, keyed_root: Path) -> Iterator[str]:
     (KEY_B and STUDIO_KEY are given as digests), ADMIN sees all, and each key may have one active job, so the fuzz's
     creates that pass validation mostly end in a 429 instead of a queue of generations."""
     args = app_args(keyed_root, ["tiny-t2v"])
-    args["auth"] = {"api_keys": [KEY_A, digest(KEY_B), FUZZ_KEY, digest(STUDIO_KEY)], "admin_keys": [ADMIN],
-                    "required": True, "max_active_jobs_per_key": 1}
+    hashed = [DIGEST_PREFIX + digest(key) for key in (KEY_B, STUDIO_KEY)]  # as a config may hold them
+    args["auth"] = {"api_keys": [KEY_A, FUZZ_KEY, *hashed], "admin_keys": [ADMIN], "required": True,
+                    "max_active_jobs_per_key": 1}
     serve.run(build_app(args), name=KEYED_APP, route_prefix=f"/{KEYED_APP}")
     yield f"{cluster_url}/{KEYED_APP}"
     serve.delete(KEYED_APP, _blocking=False)

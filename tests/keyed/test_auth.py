@@ -31,15 +31,8 @@ def test_keys_from_config_digests_and_the_environment(monkeypatch: pytest.Monkey
     assert Keys.resolve([], [], "WAN_NO_SUCH_VAR").caller(None).admin, "no keys: open, one anonymous admin"
 
 
-@pytest.fixture
-def url(keyed_url: str) -> str:
-    """The keyed app (tests/keyed/conftest.py): KEY_A and KEY_B see only their own records, ADMIN sees all, and each
-    key may have one active job."""
-    return keyed_url
-
-
-def test_another_keys_or_unknown_job_has_no_events(url: str) -> None:
-    with as_key(url, KEY_A) as alice, as_key(url, KEY_B) as bob:
+def test_another_keys_or_unknown_job_has_no_events(keyed_url: str) -> None:
+    with as_key(keyed_url, KEY_A) as alice, as_key(keyed_url, KEY_B) as bob:
         video = alice.post("/v1/videos", json={"prompt": "alice's", "num_frames": 5}).json()
         for caller, video_id in ((bob, video["id"]), (alice, "video_nope")):
             r = caller.get(f"/v1/videos/{video_id}/events")
@@ -50,8 +43,8 @@ def test_another_keys_or_unknown_job_has_no_events(url: str) -> None:
         assert names[-1] == "video.completed", names
 
 
-def test_without_a_valid_key_only_health_answers(url: str) -> None:
-    with as_key(url, None) as anonymous, as_key(url, "sk-guess") as guesser:
+def test_without_a_valid_key_only_health_answers(keyed_url: str) -> None:
+    with as_key(keyed_url, None) as anonymous, as_key(keyed_url, "sk-guess") as guesser:
         for client in (anonymous, guesser):
             for method, path in (("GET", "/v1/videos"), ("POST", "/v1/videos"), ("GET", "/v1/models"),
                                  ("GET", "/v1/queue"), ("POST", "/v1/sessions"), ("GET", "/v1/videos/video_x"),
@@ -63,8 +56,8 @@ def test_without_a_valid_key_only_health_answers(url: str) -> None:
         assert anonymous.get("/health").json() == {"status": "ok"}
 
 
-def test_another_key_s_records_are_not_there(url: str) -> None:
-    with as_key(url, KEY_A) as alice, as_key(url, KEY_B) as bob, as_key(url, ADMIN) as admin:
+def test_another_key_s_records_are_not_there(keyed_url: str) -> None:
+    with as_key(keyed_url, KEY_A) as alice, as_key(keyed_url, KEY_B) as bob, as_key(keyed_url, ADMIN) as admin:
         video = alice.post("/v1/videos", json={"prompt": "alice's", "num_frames": 5}).json()
         ended(alice, f"/v1/videos/{video['id']}")
         session = alice.post("/v1/sessions", json={"metadata": {"who": "alice"}}).json()
@@ -96,9 +89,9 @@ def test_another_key_s_records_are_not_there(url: str) -> None:
         assert alice.get(f"/v1/sessions/{sid}").status_code == alice.get(image_path).status_code == 200
 
 
-def test_one_key_cannot_take_every_slot(url: str) -> None:
+def test_one_key_cannot_take_every_slot(keyed_url: str) -> None:
     slow = {"prompt": "slow", "num_frames": 81, "num_inference_steps": 200}
-    with as_key(url, KEY_A) as alice, as_key(url, KEY_B) as bob:
+    with as_key(keyed_url, KEY_A) as alice, as_key(keyed_url, KEY_B) as bob:
         first = alice.post("/v1/videos", json=slow).json()
         second = alice.post("/v1/videos", json=slow)
         assert second.status_code == 429 and second.headers["retry-after"] == "30"
@@ -110,14 +103,14 @@ def test_one_key_cannot_take_every_slot(url: str) -> None:
         wait_for(bob, other.json()["id"], ENDED)
 
 
-def test_the_openai_sdk_sends_its_key(url: str) -> None:
-    client = OpenAI(base_url=f"{url}/v1", api_key=KEY_A)
+def test_the_openai_sdk_sends_its_key(keyed_url: str) -> None:
+    client = OpenAI(base_url=f"{keyed_url}/v1", api_key=KEY_A)
     video = client.videos.create(prompt="with a key", size="64x32", seconds="4", extra_body={"num_frames": 5})
     assert client.videos.retrieve(video.id).id == video.id
     client.videos.delete(video.id)
 
 
-def test_the_cli_takes_its_key_from_the_environment_and_exits_3_without_one(url: str) -> None:
-    assert wan(url, "list").returncode == 3
-    assert wan(url, "list", key="sk-guess").returncode == 3
-    assert wan(url, "list", key=KEY_A).returncode == 0
+def test_the_cli_takes_its_key_from_the_environment_and_exits_3_without_one(keyed_url: str) -> None:
+    assert wan(keyed_url, "list").returncode == 3
+    assert wan(keyed_url, "list", key="sk-guess").returncode == 3
+    assert wan(keyed_url, "list", key=KEY_A).returncode == 0

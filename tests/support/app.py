@@ -47,12 +47,16 @@ def replica_logs(app: str, deployment: str = "", lines: int = 20) -> str:
 
 
 class Cluster:
-    """A local Ray cluster with Serve of a module's own (one in OWN_RAY), which a test may crash and start again."""
+    """A local Ray cluster with Serve: a module's own (one in OWN_RAY), which a test may crash and start again, or
+    the session's (`conftest.py:cluster_url`)."""
 
-    url = ""
+    def __init__(self, num_cpus: int = 4, system_config: dict[str, Any] | None = None) -> None:
+        self.num_cpus, self.system_config = num_cpus, system_config or {}
+        self.url = ""
 
     def start(self) -> None:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
+                 _system_config=self.system_config)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         self.url = f"http://127.0.0.1:{port}"
