@@ -1,6 +1,7 @@
 """Concurrency: jobs submitted all at once to one and to two generator replicas, against back-to-back direct calls.
 
     python -m benchmarks.concurrency [--jobs 8] [--steps 200] [--frames 81] [--size 128x64] [--runs 1]
+                                     [--address ADDRESS --url URL]
 
 The baseline runs `jobs` jobs one after another directly through `pipelines/` in this process with one torch
 thread (`serving_overhead.direct_job`: generate, MP4, thumbnail). Then a real Ray Serve app serving tiny-t2v takes
@@ -22,8 +23,9 @@ from pathlib import Path
 import httpx
 import torch
 
-from benchmarks.serving_overhead import HEIGHT, MODEL, WIDTH, deploy, direct_job, http_job, serving
+from benchmarks.serving_overhead import HEIGHT, MODEL, WIDTH, add_cluster_args, deploy, direct_job, http_job, serving
 
+APP = "concurrency"
 TARGETS = {1: 0.95, 2: 1.8}  # issue 15: throughput over back-to-back direct calls, by generator replicas
 
 
@@ -46,15 +48,18 @@ def main() -> None:
     parser.add_argument("--size", default="128x64", help="WIDTHxHEIGHT (default 128x64: about 2.6 s direct on 2 cores)")
     parser.add_argument("--runs", type=int, default=1, help="timed rounds per configuration; medians (default 1)")
     parser.add_argument("--smoke", action="store_true", help="a few seconds at tiny sizes: that it still runs (CI)")
+    add_cluster_args(parser)
     args = parser.parse_args()
-    if args.smoke:
+    targets = TARGETS
+    if args.smoke:  # one deploy, not two: the two replicas' row runs every line the one replica's does
         args.jobs, args.steps, args.frames, args.runs, args.size = 2, 2, 5, 1, f"{WIDTH}x{HEIGHT}"
+        targets = {2: TARGETS[2]}
     size = tuple(int(side) for side in args.size.split("x"))
     torch.set_num_threads(1)
 
     seconds: dict[str, float] = {}
     same = True
-    with tempfile.TemporaryDirectory(prefix="wan-bench-") as tmp, serving() as client:
+    with tempfile.TemporaryDirectory(prefix="wan-bench-") as tmp, serving(APP, args.address, args.url) as client:
         direct_run = direct_job(args.steps, args.frames, size)
         reference = direct_run()  # warm-up
         rounds = []
@@ -64,8 +69,8 @@ def main() -> None:
                 same &= direct_run() == reference
             rounds.append(time.perf_counter() - start)
         seconds["direct, back to back"] = statistics.median(rounds)
-        for replicas in TARGETS:
-            deploy(Path(tmp), replicas)
+        for replicas in targets:
+            deploy(Path(tmp), APP, replicas)
             all_at_once(client, replicas, args.steps, args.frames, size)  # warm-up: one job per replica
             rounds = []
             for _ in range(args.runs):
@@ -79,7 +84,7 @@ def main() -> None:
           f"steps; median of {args.runs} round(s) after a warm-up; 1 torch thread per generator and for direct")
     print()
     print(f"{'path':<34}{'seconds':>9}{'jobs/s':>9}{'vs direct':>11}  target")
-    for (name, took), target in zip(seconds.items(), [None, *TARGETS.values()], strict=True):
+    for (name, took), target in zip(seconds.items(), [None, *targets.values()], strict=True):
         ratio = args.jobs / took / baseline
         goal = "" if target is None else f">= {target}x: {'met' if ratio >= target else 'NOT met'}"
         print(f"{name:<34}{took:>9.2f}{args.jobs / took:>9.2f}{ratio:>10.2f}x  {goal}")

@@ -1,6 +1,6 @@
 """Where a job's time goes: tiny-t2v jobs over HTTP, each one's path read back from Ray Serve's request logs.
 
-    python -m benchmarks.job_timeline [--runs 5] [--steps 8] [--frames 81] [--size 128x64]
+    python -m benchmarks.job_timeline [--runs 5] [--steps 8] [--frames 81] [--size 128x64] [--address ADDRESS --url URL]
 
 Serve logs a line for every request a replica serves: each HTTP request at the gateway, each handle call at the
 replica that served it, with its latency. The app is deployed with JSON logs (`LoggingConfig(encoding="JSON")`), so
@@ -29,7 +29,7 @@ import torch
 from ray import serve
 from ray.serve.schema import LoggingConfig
 
-from benchmarks.serving_overhead import HEIGHT, WIDTH, app_args, http_job, serving, timed
+from benchmarks.serving_overhead import HEIGHT, WIDTH, add_cluster_args, app_args, http_job, serving, timed
 from serve_app.app import build_app
 
 APP = "timeline"
@@ -84,14 +84,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=81, help="frames per job, 4k+1 (default 81)")
     parser.add_argument("--size", default="128x64", help="WIDTHxHEIGHT (default 128x64)")
     parser.add_argument("--smoke", action="store_true", help="a few seconds at tiny sizes: that it still runs (CI)")
+    add_cluster_args(parser)
     args = parser.parse_args()
     if args.smoke:
         args.runs, args.steps, args.frames, args.size = 1, 1, 5, f"{WIDTH}x{HEIGHT}"
     size = tuple(int(side) for side in args.size.split("x"))
     torch.set_num_threads(1)
 
-    with tempfile.TemporaryDirectory(prefix="wan-bench-") as tmp, serving() as client:
-        serve.run(build_app(app_args(Path(tmp))), name=APP, route_prefix="/",
+    with tempfile.TemporaryDirectory(prefix="wan-bench-") as tmp, serving(APP, args.address, args.url) as client:
+        serve.run(build_app(app_args(Path(tmp))), name=APP, route_prefix=f"/{APP}",
                   logging_config=LoggingConfig(encoding="JSON"))
         job = http_job(client, args.steps, args.frames, size)
         job()  # warm-up

@@ -1,17 +1,20 @@
 """Serving overhead: the same tiny job run directly through `pipelines/` and through the HTTP API.
 
     python -m benchmarks.serving_overhead [--runs 5] [--steps 8 200] [--frames 81] [--size 128x64]
+                                          [--address ADDRESS --url URL]
 
 (a) direct: tiny-t2v loaded once, then per job `generate` + `encode_mp4` + `thumbnail_webp` in this process, with
     one torch thread: what a generator replica gets, since Ray sets OMP_NUM_THREADS=1 for an actor with a
     fractional `num_cpus`.
-(b) HTTP: a real Ray Serve app started in-process serving only tiny-t2v; per job POST /v1/videos, follow its
-    events (SSE) to the final one, GET its content.
+(b) HTTP: a real Ray Serve app serving only tiny-t2v, on Ray and Serve started in-process (or on a running
+    cluster: `--address`, `--url`); per job POST /v1/videos, follow its events (SSE) to the final one, GET its
+    content.
 
 For each step count the two paths alternate, `runs` times each after one warm-up each, and their medians are
 compared. The overhead (HTTP - direct) is fitted as a line over the step counts: its intercept is the fixed cost
 per job, its slope the cost per denoising step. Both paths make the same MP4 bytes, so they do the same work.
-`concurrency.py` times the same job with this module's `direct_job`, `http_job`, `serving` and `deploy`.
+`concurrency.py` and `job_timeline.py` time the same job with this module's `direct_job`, `http_job`, `serving` and
+`deploy`; every benchmark that starts Ray does it with `join` and `add_cluster_args`.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from pipelines.video import encode_mp4, thumbnail_webp
 from serve_app.app import build_app
 from wan_client.client import dispatched
 
+APP = "serving-overhead"
 MODEL = "tiny-t2v"
 WIDTH, HEIGHT = 64, 32
 SEED = 1234
@@ -111,25 +115,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def serving() -> Iterator[httpx.Client]:
-    """Ray and Serve started in this process, and a client of Serve's HTTP proxy; everything down afterwards."""
+def add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    """`--address` and `--url`: measure on a running cluster instead of one started in this process."""
+    parser.add_argument("--address", default=None,
+                        help="a running Ray cluster to deploy on (its GCS address, or auto); the benchmark's apps "
+                             "go under their own names and route prefixes and are deleted afterwards "
+                             "(default: start Ray and Serve in this process)")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="with --address: that cluster's Serve proxy")
+
+
+def join(address: str | None, num_cpus: int = 8) -> None:
+    """Ray in this process: connected to the cluster at `address`, or a local one started with `num_cpus`."""
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def leave(address: str | None, apps: list[str]) -> None:
+    """Undo `join`: on a cluster of others only this benchmark's apps go; one started here goes whole (Serve too)."""
+    if address:
+        for app in apps:
+            serve.delete(app)
+    ray.shutdown()
+
+
+@contextmanager
+def serving(app: str, address: str | None = None, url: str = "") -> Iterator[httpx.Client]:
+    """A client of `app`'s route prefix on Serve's HTTP proxy: of the cluster at `address` (its proxy at `url`), or
+    of Ray and Serve started in this process; `app` and what was started here are gone afterwards."""
+    join(address)
+    if not address:
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        url = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
+        with httpx.Client(base_url=f"{url}/{app}", timeout=300) as client:
             yield client
     finally:
-        ray.shutdown()  # takes Serve down with it
+        leave(address, [app])
 
 
-def deploy(root: Path, replicas: int = 1, name: str = "bench") -> float:
-    """Deploy the app serving tiny-t2v on `replicas` replicas; the seconds serve.run took."""
+def deploy(root: Path, app: str, replicas: int = 1) -> float:
+    """Deploy `app` serving tiny-t2v on `replicas` replicas under /`app`; the seconds serve.run took."""
     start = time.perf_counter()
-    serve.run(build_app(app_args(root, replicas)), name=name, route_prefix="/")
+    serve.run(build_app(app_args(root, replicas)), name=app, route_prefix=f"/{app}")
     return time.perf_counter() - start
 
 
@@ -149,6 +181,7 @@ def main() -> None:
     parser.add_argument("--size", default="128x64",
                         help="WIDTHxHEIGHT (default 128x64: about 0.7 s direct at 8 steps and 2.6 s at 200 on 2 cores)")
     parser.add_argument("--smoke", action="store_true", help="a few seconds at tiny sizes: that it still runs (CI)")
+    add_cluster_args(parser)
     args = parser.parse_args()
     if args.smoke:
         args.runs, args.steps, args.frames, args.size = 1, [1, 3], 5, f"{WIDTH}x{HEIGHT}"
@@ -160,9 +193,9 @@ def main() -> None:
     direct: dict[int, list[float]] = {}
     http: dict[int, list[float]] = {}
     same = True
-    with tempfile.TemporaryDirectory(prefix="wan-bench-") as tmp, serving() as client:
+    with tempfile.TemporaryDirectory(prefix="wan-bench-") as tmp, serving(APP, args.address, args.url) as client:
         start = time.perf_counter()
-        deployed = deploy(Path(tmp))
+        deployed = deploy(Path(tmp), APP)
         for steps in args.steps:
             direct_run, http_run = direct_job(steps, args.frames, size), http_job(client, steps, args.frames, size)
             same &= http_run() == direct_run()  # warm-ups; the first HTTP one is the first response

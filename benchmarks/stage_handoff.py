@@ -1,6 +1,7 @@
 """Stage hand-off: what it costs to move one clip of frames from one deployment to another.
 
-    python benchmarks/stage_handoff.py [--runs 10] [--frames 81] [--size 832x480] [--real-job-s 240]
+    python -m benchmarks.stage_handoff [--runs 10] [--frames 81] [--size 832x480] [--real-job-s 240]
+                                       [--address ADDRESS]
 
 The FlowRunner hands the generator's DeploymentResponse (an FxHxWx3 uint8 array) to the encoder as a
 top-level argument, so Ray moves the array through its object store from one replica to the other. This
@@ -24,19 +25,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import statistics
 import time
 import zlib
 from collections.abc import Callable
 
 import numpy as np
-import ray
 import torch
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from benchmarks.serving_overhead import add_cluster_args, join, leave
 from pipelines.generate import generate
 from pipelines.loading import LoadedModel, load_model
 from pipelines.request import GenerationRequest
@@ -150,26 +150,25 @@ def main() -> None:
     parser.add_argument("--real-job-s", type=float, default=240.0,
                         help="seconds a real Wan2.1-T2V-1.3B job takes, for its share (default 240, see REAL_JOB)")
     parser.add_argument("--smoke", action="store_true", help="a few seconds at tiny sizes: that it still runs (CI)")
+    add_cluster_args(parser)  # handles only: --url is not used
     args = parser.parse_args()
     if args.smoke:
         args.runs, args.frames, args.size = 2, 9, "128x64"
     width, height = map(int, args.size.split("x"))
     shape: Shape = (args.frames, height, width, 3)
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
     # The flow, before Ray starts, with the replica's thread count.
     torch.set_num_threads(1)
     generate_s, encode_s = time_flow(width, height, args.frames)
     flow_s = generate_s + encode_s
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    join(args.address, num_cpus=2)
     serve.start(proxy_location="Disabled")  # handles only: no HTTP proxy, so no port to share with anything else
     producer = serve.run(Producer.bind(), name="producer", route_prefix=None)
     consumer = serve.run(Consumer.bind(), name="consumer", route_prefix=None)
     clip, clip_sums = alternate(handoff_paths(producer, consumer, shape), args.runs)
     control, control_sums = alternate(handoff_paths(producer, consumer, CONTROL), args.runs)
-    ray.shutdown()  # takes Serve down with it
+    leave(args.address, ["producer", "consumer"])
 
     def median_ms(times: list[float]) -> float:
         return statistics.median(times) * 1e3

@@ -14,12 +14,12 @@ import torch
 from ray import serve
 
 from serve_app.app import build_app
-from tests.support.app import APP, TINY_MODELS, Cluster, app_args
+from tests.support.app import APP, Cluster, shared_args
 from tests.support.jobs import until
 from tests.support.metrics import metric, scrape_until
 
 # these start and stop Ray themselves
-OWN_RAY = ("test_cluster.py", "test_faults.py", "test_benchmarks.py")
+OWN_RAY = ("test_cluster.py", "test_faults.py")
 APP_READY_S = 240  # six tiny twins load in about 30 s; the deadline tells a slow start from one that never ends
 EXIT_STATUS = pytest.StashKey[int]()
 
@@ -88,8 +88,10 @@ def cluster_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def serve_url(cluster_url: str, serve_root: Path) -> str:
     """The shared app, ready: every generator loaded and its first metrics exported (the readiness gate)."""
-    serve.run(build_app(app_args(serve_root, TINY_MODELS)), name=APP, route_prefix="/")
-    scrape_until(lambda s: all(metric(s, "ray_wan_model_load_seconds_count", model=m) for m in TINY_MODELS),
+    args = shared_args(serve_root)
+    serve.run(build_app(args), name=APP, route_prefix="/")
+    models = [m["name"] for m in args["models"]]
+    scrape_until(lambda s: all(metric(s, "ray_wan_model_load_seconds_count", model=m) for m in models),
                  "every generator's model load", timeout_s=APP_READY_S, logs_of="Generator")
     return cluster_url
 

@@ -3,24 +3,19 @@ replace), its MP4 decoded."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from ray import serve
 
 from pipelines.request import InvalidRequest
 from pipelines.variants import Task
-from serve_app.app import build_app
 from serve_app.config import AppConfig
 from serve_app.router import Fields, Media, route
 from tests.media import mp4, png, probe
-from tests.support.app import app_args
 from tests.support.jobs import until
 
-APP = "animate"
 IMAGE = np.zeros((32, 64, 3), np.uint8)
 CONFIG = AppConfig.model_validate({"models": [{"name": "tiny-t2v"}, {"name": "tiny-vace"}, {"name": "tiny-animate"}]})
 
@@ -64,14 +59,6 @@ def test_animate_inputs_that_cannot_work_are_400s_naming_the_field(fields: Field
     assert raised.value.param == param
 
 
-@pytest.fixture(scope="module")
-def animate_app(cluster_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    serve.run(build_app(app_args(tmp_path_factory.mktemp(APP), ["tiny-animate"])), name=APP, route_prefix=f"/{APP}")
-    with httpx.Client(base_url=f"{cluster_url}/{APP}", timeout=60) as client:
-        yield client
-    serve.delete(APP, _blocking=False)
-
-
 def finished(client: httpx.Client, video_id: str) -> dict[str, Any]:
     video: dict[str, Any] = {}
     until(lambda: video.update(client.get(f"/v1/videos/{video_id}").json()) or
@@ -81,7 +68,7 @@ def finished(client: httpx.Client, video_id: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("replace", [False, True], ids=["animate", "replace"])
-def test_an_animation_over_http_is_an_mp4_of_the_driving_length_at_30_fps(animate_app: httpx.Client,
+def test_an_animation_over_http_is_an_mp4_of_the_driving_length_at_30_fps(client: httpx.Client,
                                                                            replace: bool) -> None:
     files = {"input_reference": ("character.png", png(), "image/png"),
              "pose_video": ("pose.mp4", mp4(frames=13, fps=30), "video/mp4"),
@@ -89,11 +76,11 @@ def test_an_animation_over_http_is_an_mp4_of_the_driving_length_at_30_fps(animat
     if replace:
         files |= {"video": ("background.mp4", mp4(frames=13, fps=30), "video/mp4"),
                   "mask": ("mask.mp4", mp4(frames=13, fps=30, value=255), "video/mp4")}
-    r = animate_app.post("/v1/videos", data={"prompt": "the character dances"}, files=files)
+    r = client.post("/v1/videos", data={"prompt": "the character dances"}, files=files)
     assert r.status_code == 200, r.text
-    video = finished(animate_app, r.json()["id"])
+    video = finished(client, r.json()["id"])
     assert (video["model"], video["task"], video["fps"], video["num_frames"]) == ("tiny-animate", "animate", 30, 13)
-    frames, fps, codec = probe(animate_app.get(f"/v1/videos/{video['id']}/content").content)
+    frames, fps, codec = probe(client.get(f"/v1/videos/{video['id']}/content").content)
     assert frames.shape == (13, 32, 64, 3) and fps == 30 and codec == "h264"
     assert video["step"] == video["total_steps"] == 4
     assert video["processing_time"] > 0 and video["reference_mode"] is None

@@ -313,7 +313,7 @@ def test_too_large_upload_is_413(client: httpx.Client) -> None:
 
 def test_models_and_health(client: httpx.Client) -> None:
     models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
-    assert set(models) == {"tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v", "tiny-a14b"}
+    assert set(models) == {"tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v", "tiny-a14b", "tiny-animate"}
     assert models["tiny-flf2v"]["tasks"] == ["flf2v"]
     assert models["tiny-ti2v"]["fps"] == 24
     assert models["tiny-t2v"]["replicas"]["states"].get("RUNNING") == 1

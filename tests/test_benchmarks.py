@@ -1,10 +1,10 @@
 """Every benchmark's `--smoke` mode, so none can rot: each runs in seconds at tiny sizes and must still measure what it
 says: a figure parsed from its output, in a range only a working measurement gives, and its own check of the outputs.
-They start Ray themselves (in their own process), so conftest runs them before the shared app."""
+Those on Ray deploy on the tests' cluster (`--address`), each under its own route prefix: a cluster of their own
+each would cost the 2 cores four more Ray heads."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import ray
 
 ROOT = Path(__file__).resolve().parent.parent
 NUMBER = r"(-?\d+(?:\.\d+)?)"
 SMOKE_TIMEOUT_S = 420  # all six run at once on the 2 cores
+ON_RAY = ("concurrency", "job_timeline", "serving_overhead", "stage_handoff")
 # benchmark: (a check of its outputs it prints, or None; a pattern of its figures; what must hold of them)
 SMOKES: dict[str, tuple[str | None, str, Callable[..., bool]]] = {
     # the default method's PSNR on held-out frames of a rendered scene: a broken flow or blend scores below 20 dB
@@ -45,19 +47,18 @@ def test_every_benchmark_has_its_smoke_here() -> None:
 
 
 @pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[subprocess.Popen, Path]]]:
-    """Every smoke started at once, each its own process (and Ray cluster, on its own ports): most of a smoke is
-    start-up waiting, so together they take about as long as the longest, not the sum. Output goes to files, which
-    never fill up and block a process as an unread pipe would."""
+def smoke_runs(cluster_url: str, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[dict[str, tuple[subprocess.Popen, Path]]]:
+    """Every smoke started at once, each its own process: most of a smoke is start-up waiting, so together they take
+    about as long as the longest, not the sum. Output goes to files, which never fill up and block a process as an
+    unread pipe would."""
     logs = tmp_path_factory.mktemp("smokes")
-    # Four Ray clusters start at once on 2 cores: a proxy can take more than Serve's 5 s ready check, after which
-    # the controller kills it and `serve.start` fails with ActorDiedError.
-    env = os.environ | {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}
+    cluster = ["--address", ray.get_runtime_context().gcs_address, "--url", cluster_url]
     runs = {}
     for name in sorted(SMOKES):
         with (logs / f"{name}.out").open("w") as out, (logs / f"{name}.err").open("w") as err:
-            runs[name] = (subprocess.Popen([sys.executable, "-m", f"benchmarks.{name}", "--smoke"], cwd=ROOT,
-                                           env=env, stdout=out, stderr=err), logs / name)
+            command = [sys.executable, "-m", f"benchmarks.{name}", "--smoke", *(cluster if name in ON_RAY else [])]
+            runs[name] = (subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err), logs / name)
     yield runs
     for run, _ in runs.values():
         run.kill()

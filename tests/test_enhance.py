@@ -4,7 +4,6 @@ times out, fails: the job goes on every time), and an enhanced job over HTTP on 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,22 +11,19 @@ from typing import Any
 
 import httpx
 import pytest
-from ray import serve
 
 from deployments import flow
 from deployments.plan import Submission
 from domain.records import Job, JobStatus
 from pipelines.enhance import SYSTEM_PROMPTS, load_enhancer
 from pipelines.request import InvalidRequest
-from serve_app.app import build_app
 from serve_app.config import AppConfig
 from serve_app.router import Fields, Media, route
-from tests.support.app import app_args
+from tests.support.app import ENHANCER
 from tests.support.fakes import OWNER, FakeHandle, Generator, Stages, Tracker
 from tests.support.jobs import until
 
-APP = "enhance"
-CONFIG = {"models": [{"name": "tiny-t2v"}], "enhancer": {"model": "tiny", "max_new_tokens": 32, "timeout_s": 5}}
+CONFIG = {"models": [{"name": "tiny-t2v"}], "enhancer": ENHANCER}
 
 
 def test_the_tiny_enhancer_writes_the_same_words_for_the_same_seed_under_each_system_prompt() -> None:
@@ -146,23 +142,13 @@ def test_an_enhancer_that_times_out_or_fails_leaves_the_prompt_as_sent(monkeypat
     assert "prompts" not in job.enhancement
 
 
-@pytest.fixture(scope="module")
-def enhanced_app(cluster_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    args = app_args(tmp_path_factory.mktemp(APP), ["tiny-t2v"]) | {
-        "enhancer": CONFIG["enhancer"] | {"ray_actor_options": {"num_cpus": 0.1}}}
-    serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
-    with httpx.Client(base_url=f"{cluster_url}/{APP}", timeout=60) as client:
-        yield client
-    serve.delete(APP, _blocking=False)
-
-
-def test_an_enhanced_job_over_http_records_its_enhanced_prompt_and_source(enhanced_app: httpx.Client,
+def test_an_enhanced_job_over_http_records_its_enhanced_prompt_and_source(client: httpx.Client,
                                                                           tmp_path: Path) -> None:
-    r = enhanced_app.post("/v1/videos", json={"prompt": "a cat playing in the garden", "num_frames": 5,
+    r = client.post("/v1/videos", json={"prompt": "a cat playing in the garden", "num_frames": 5,
                                               "job_type": "video_fast_enhanced"})
     assert r.status_code == 200, r.text
     video: dict[str, Any] = {}
-    until(lambda: video.update(enhanced_app.get(f"/v1/videos/{r.json()['id']}").json()) or
+    until(lambda: video.update(client.get(f"/v1/videos/{r.json()['id']}").json()) or
           video["status"] in ("completed", "failed", "cancelled"), 120, "the enhanced job to end")
     assert video["status"] == "completed", video
     assert video["prompt"] == "a cat playing in the garden"
@@ -171,13 +157,13 @@ def test_an_enhanced_job_over_http_records_its_enhanced_prompt_and_source(enhanc
     assert [s["kind"] for s in video["plan"]["stages"]][:2] == ["enhance", "generate"]
 
 
-def test_route_asks_the_enhancer_to_read_the_words_and_falls_back_to_rules(enhanced_app: httpx.Client) -> None:
-    r = enhanced_app.post("/v1/route", json={"query": "Generate a video of a cat playing in the garden"})
+def test_route_asks_the_enhancer_to_read_the_words_and_falls_back_to_rules(client: httpx.Client) -> None:
+    r = client.post("/v1/route", json={"query": "Generate a video of a cat playing in the garden"})
     assert r.status_code == 200, r.text
     answer = r.json()
     assert (answer["task"], answer["model"], answer["prompt"]) == ("t2v", "tiny-t2v", "A cat playing in the garden")
     assert "the enhancer's reading was not usable" in answer["reason"]  # the tiny twin writes noise, not JSON
     assert answer["reading"] == "keywords"
-    r = enhanced_app.post("/v1/route", json={"query": "Generate a video of " + "a cat in a garden, " * 150})
+    r = client.post("/v1/route", json={"query": "Generate a video of " + "a cat in a garden, " * 150})
     assert r.status_code == 200, r.text  # a query over the input bound: the model is not asked to read it
     assert r.json()["reading"] == "keywords" and "over its bound of 1,024)" in r.json()["reason"]

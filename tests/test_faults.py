@@ -47,7 +47,9 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 
 def fault_args(root: Any, **extra: Any) -> dict[str, Any]:
-    """One tiny model; loopback webhooks allowed (the SSRF guard refuses them by default); a quick sweep."""
+    """One tiny model with room for 12 jobs at a time, and old replicas that drain for as long as a generation may
+    take, as in production; loopback webhooks allowed (the SSRF guard refuses them by default); a quick sweep."""
+    extra = {"max_queued_jobs": 12, "graceful_shutdown_timeout_s": DRAIN_S} | extra
     return {**app_args(root, ["tiny-t2v"], **extra), "webhooks": {"allow_private_networks": True, "backoff_s": 0.2},
             "orphan_sweep_s": SWEEP_S}
 
@@ -59,13 +61,9 @@ def faults_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def faults(cluster: Cluster, receiver: WebhookReceiver, faults_root: Path) -> Iterator[httpx.Client]:
-    # old replicas drain for as long as a generation may take, as in production
-    serve.run(build_app(fault_args(faults_root, graceful_shutdown_timeout_s=DRAIN_S)), name="faults",
-              route_prefix="/faults")
+    serve.run(build_app(fault_args(faults_root)), name="faults", route_prefix="/faults")
     with httpx.Client(base_url=f"{cluster.url}/faults", timeout=60) as client:
         yield client
-    if "faults" in serve.status().applications:  # gone already if the crash test ran
-        serve.delete("faults", _blocking=False)
 
 
 def replica(app: str, deployment: str) -> str:
@@ -196,7 +194,7 @@ def test_a_redeploy_lets_a_running_generation_finish(faults: httpx.Client, fault
     # A new configuration: Serve starts new replicas of every deployment (the job tracker too) and drains the
     # old ones; the old generator and flow runner keep the running job until it ends. Not waited for here, so
     # the job is read once the controller has taken the redeploy on.
-    args = fault_args(faults_root, graceful_shutdown_timeout_s=DRAIN_S)
+    args = fault_args(faults_root)
     args["models"][0]["ray_actor_options"] = {"num_cpus": 0.11}
     serve._run(build_app(args), name="faults", route_prefix="/faults", _blocking=False)
     during = faults.get(path).json()
@@ -211,31 +209,32 @@ def test_a_redeploy_lets_a_running_generation_finish(faults: httpx.Client, fault
     assert wait_for(faults, after["id"], ENDED)["status"] == "completed"
 
 
-def test_a_crash_keeps_finished_jobs_and_ends_all_12_in_flight_with_their_webhooks(cluster: Cluster,
-                                                                                   receiver: WebhookReceiver,
-                                                                                   tmp_path: Path) -> None:
-    """Room for 12 jobs at a time, so a 13th is turned away while they run; then the whole cluster goes, mid-job."""
-    args = fault_args(tmp_path, max_queued_jobs=12)
-    serve.run(build_app(args), name="crash", route_prefix="/crash")
-    with httpx.Client(base_url=f"{cluster.url}/crash", timeout=60) as client:
-        done = client.post("/v1/videos", json={"prompt": "kept", "num_frames": 9}).json()
-        assert wait_for(client, done["id"], ENDED)["status"] == "completed"
-        ids = [client.post("/v1/videos", json={"prompt": f"job {i}", "webhook_url": receiver.url, **LONG}).json()["id"]
-               for i in range(12)]
-        wait_for(client, ids[0], {"in_progress"})  # one running, the others queued behind it
-        statuses = [client.get(f"/v1/videos/{i}").json()["status"] for i in ids]
-        assert set(statuses) <= {"queued", "in_progress"} and "queued" in statuses, statuses
-        full = client.post("/v1/videos", json={"prompt": "one too many"})
-        assert full.status_code == 429 and full.headers["retry-after"] == "30"
-        assert (full.json()["error"]["type"], full.json()["error"]["code"]) == ("rate_limit_error", "queue_full")
-        listed = [v["id"] for v in client.get("/v1/videos").json()["data"]]
-        assert listed == [*reversed(ids), done["id"]], "a create answered 429 made no job"
+def test_a_crash_keeps_finished_jobs_and_ends_all_12_in_flight_then_a_redeploy_cuts_12_short(
+        cluster: Cluster, faults: httpx.Client, receiver: WebhookReceiver, faults_root: Path) -> None:
+    """On this module's app, last, as the crash takes it down: its room for 12 jobs turns a 13th away while they run;
+    then the whole cluster goes, mid-job. The app comes back on a new cluster with old replicas that may drain for
+    1 s only, and a redeploy cuts 12 more short. Those 12 wait in the old runner behind a job that holds the one
+    generator, so none is on a replica that could fail it first (`generator_lost`, a race with the runner's end):
+    each is cut short with its runner, and the sweep fails it `interrupted` and sends its webhook."""
+    done = faults.post("/v1/videos", json={"prompt": "kept", "num_frames": 9}).json()
+    assert wait_for(faults, done["id"], ENDED)["status"] == "completed"
+    ids = [faults.post("/v1/videos", json={"prompt": f"job {i}", "webhook_url": receiver.url, **LONG}).json()["id"]
+           for i in range(12)]
+    wait_for(faults, ids[0], {"in_progress"})  # one running, the others queued behind it
+    statuses = [faults.get(f"/v1/videos/{i}").json()["status"] for i in ids]
+    assert set(statuses) <= {"queued", "in_progress"} and "queued" in statuses, statuses
+    full = faults.post("/v1/videos", json={"prompt": "one too many"})
+    assert full.status_code == 429 and full.headers["retry-after"] == "30"
+    assert (full.json()["error"]["type"], full.json()["error"]["code"]) == ("rate_limit_error", "queue_full")
+    listed = [v["id"] for v in faults.get("/v1/videos", params={"limit": 13}).json()["data"]]
+    assert listed == [*reversed(ids), done["id"]], "a create answered 429 made no job"
 
     crashed = time.monotonic()
     ray.shutdown()  # the whole cluster goes: no runner is left to end these jobs
     cluster.start()
-    serve.run(build_app(args), name="crash", route_prefix="/crash")  # the new tracker sweeps at start
-    with httpx.Client(base_url=f"{cluster.url}/crash", timeout=60) as client:
+    args = fault_args(faults_root, max_queued_jobs=16, graceful_shutdown_timeout_s=1)
+    serve.run(build_app(args), name="faults", route_prefix="/faults")  # the new tracker sweeps at start
+    with httpx.Client(base_url=f"{cluster.url}/faults", timeout=60) as client:
         assert client.get(f"/v1/videos/{done['id']}").json()["status"] == "completed"
         frames, _, _ = probe(client.get(f"/v1/videos/{done['id']}/content").content)
         assert len(frames) == 9, "a finished job's video outlives the crash"
@@ -249,18 +248,7 @@ def test_a_crash_keeps_finished_jobs_and_ends_all_12_in_flight_with_their_webhoo
         after = client.post("/v1/videos", json={"prompt": "the slots are free again", "num_frames": 5})
         assert after.status_code == 200, after.text
         assert wait_for(client, after.json()["id"], ENDED)["status"] == "completed"
-    serve.delete("crash", _blocking=False)
 
-
-def test_a_redeploy_that_cuts_12_jobs_short_ends_all_12_with_their_webhooks(cluster: Cluster,
-                                                                           receiver: WebhookReceiver,
-                                                                           tmp_path) -> None:
-    """The old replicas may drain for 1 s only. The 12 jobs wait in the old runner behind a job that holds the one
-    generator, so none is on a replica that could fail it first (`generator_lost`, a race with the runner's end):
-    each is cut short with its runner, and the sweep fails it `interrupted` and sends its webhook."""
-    args = fault_args(tmp_path, max_queued_jobs=16, graceful_shutdown_timeout_s=1)
-    serve.run(build_app(args), name="redeploy", route_prefix="/redeploy")
-    with httpx.Client(base_url=f"{cluster.url}/redeploy", timeout=60) as client:
         # minutes of steps on 2 cores, far more than the drain on any machine
         holder = client.post("/v1/videos", json={"prompt": "holds the generator", **LONG, "size": "320x192"}).json()
         wait_for(client, holder["id"], {"in_progress"})
@@ -270,12 +258,11 @@ def test_a_redeploy_that_cuts_12_jobs_short_ends_all_12_with_their_webhooks(clus
         assert statuses == ["queued"] * 12, statuses
         redeployed = time.monotonic()
         args["models"][0]["ray_actor_options"] = {"num_cpus": 0.11}  # a new config: new replicas of everything
-        serve.run(build_app(args), name="redeploy", route_prefix="/redeploy")
+        serve.run(build_app(args), name="faults", route_prefix="/faults")
         ended = [wait_for(client, i, ENDED, timeout_s=60) for i in ids]
-        print(f"\nredeploy with 12 jobs -> all ended: {time.monotonic() - redeployed:.2f} s")
+        print(f"redeploy with 12 jobs -> all ended: {time.monotonic() - redeployed:.2f} s")
         assert [(v["status"], v["error"]["code"]) for v in ended] == [("failed", "interrupted")] * 12, ended
         for video in ended:
             assert_clean(video["error"])
             delivered(client, receiver, video["id"], "failed", "interrupted")
         wait_for(client, holder["id"], ENDED, timeout_s=60)
-    serve.delete("redeploy", _blocking=False)

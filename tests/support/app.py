@@ -14,6 +14,7 @@ from tests.s3server import free_port
 
 APP = "wan"
 TINY_MODELS = ["tiny-t2v", "tiny-i2v", "tiny-flf2v", "tiny-vace", "tiny-ti2v", "tiny-a14b"]
+ENHANCER = {"model": "tiny", "max_new_tokens": 32, "timeout_s": 5}
 KEYED_APP = "keyed"  # tests/keyed/'s app with API keys, on the tests' cluster
 KEY_A, KEY_B, ADMIN = "sk-alice-0123456789", "sk-bob-9876543210", "sk-admin-abcdef"
 FUZZ_KEY, STUDIO_KEY = "sk-fuzz-0123456789", "sk-studio-0123456789"
@@ -26,6 +27,12 @@ def app_args(root: Path, models: list[str], **extra: Any) -> dict[str, Any]:
         "storage": {"root": str(root / "outputs")},
         "models": [{"name": m, "ray_actor_options": {"num_cpus": 0.1}, **extra} for m in models],
     }
+
+
+def shared_args(root: Path) -> dict[str, Any]:
+    """The shared app's arguments: the embedded default's models (less tiny-i2v-a14b) and its prompt enhancer."""
+    return app_args(root, [*TINY_MODELS, "tiny-animate"]) | {
+        "enhancer": ENHANCER | {"ray_actor_options": {"num_cpus": 0.1}}}
 
 
 def app_config(models: list[str] = TINY_MODELS, **extra: Any) -> AppConfig:
