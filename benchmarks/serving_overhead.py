@@ -46,6 +46,7 @@ from serve_app.app import build_app
 from wan_client.client import dispatched
 
 APP = "serving-overhead"
+SERVE_URL = "http://127.0.0.1:8000"  # Serve's proxy where nothing else is said
 MODEL = "tiny-t2v"
 WIDTH, HEIGHT = 64, 32
 SEED = 1234
@@ -115,13 +116,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def add_cluster_args(parser: argparse.ArgumentParser) -> None:
-    """`--address` and `--url`: measure on a running cluster instead of one started in this process."""
+def add_cluster_args(parser: argparse.ArgumentParser, http: bool = True) -> None:
+    """`--address` (and for a benchmark over HTTP `--url`): measure on a running cluster instead of one started in
+    this process."""
     parser.add_argument("--address", default=None,
                         help="a running Ray cluster to deploy on (its GCS address, or auto); the benchmark's apps "
                              "go under their own names and route prefixes and are deleted afterwards "
                              "(default: start Ray and Serve in this process)")
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="with --address: that cluster's Serve proxy")
+    if http:
+        parser.add_argument("--url", default=SERVE_URL, help="with --address: that cluster's Serve proxy "
+                                                             "(default %(default)s)")
 
 
 def join(address: str | None, num_cpus: int = 8) -> None:
@@ -143,7 +147,7 @@ def leave(address: str | None, apps: list[str]) -> None:
 
 
 @contextmanager
-def serving(app: str, address: str | None = None, url: str = "") -> Iterator[httpx.Client]:
+def serving(app: str, address: str | None = None, url: str = SERVE_URL) -> Iterator[httpx.Client]:
     """A client of `app`'s route prefix on Serve's HTTP proxy: of the cluster at `address` (its proxy at `url`), or
     of Ray and Serve started in this process; `app` and what was started here are gone afterwards."""
     join(address)

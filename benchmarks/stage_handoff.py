@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--real-job-s", type=float, default=240.0,
                         help="seconds a real Wan2.1-T2V-1.3B job takes, for its share (default 240, see REAL_JOB)")
     parser.add_argument("--smoke", action="store_true", help="a few seconds at tiny sizes: that it still runs (CI)")
-    add_cluster_args(parser)  # handles only: --url is not used
+    add_cluster_args(parser, http=False)
     args = parser.parse_args()
     if args.smoke:
         args.runs, args.frames, args.size = 2, 9, "128x64"
