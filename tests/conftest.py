@@ -20,7 +20,8 @@ from tests.support.metrics import metric, scrape_until
 
 # these start and stop Ray themselves
 OWN_RAY = ("test_cluster.py", "test_faults.py")
-APP_READY_S = 240  # six tiny twins load in about 30 s; the deadline tells a slow start from one that never ends
+# seven tiny twins and the enhancer load in about 40 s; the deadline tells a slow start from one that never ends
+APP_READY_S = 240
 EXIT_STATUS = pytest.StashKey[int]()
 
 
