@@ -44,15 +44,10 @@ def moto() -> Iterator[MotoServer]:
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint(moto: MotoServer) -> str:
-    return moto.endpoint
-
-
-@pytest.fixture(scope="module")
-def flows(cluster_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def flows(cluster_url: str, moto: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     args = app_args(tmp_path_factory.mktemp("flows"), ["tiny-t2v", "tiny-vace", "tiny-i2v"])
     # one attempt per upload: moto on loopback does not fail, and a test stops it to see an upload fail
-    args["storage"]["s3"] = {"bucket": BUCKET, "endpoint_url": s3_endpoint, "create_bucket": True, "max_attempts": 1,
+    args["storage"]["s3"] = {"bucket": BUCKET, "endpoint_url": moto.endpoint, "create_bucket": True, "max_attempts": 1,
                              **S3_KEYS}
     args["webhooks"] = {"secret": SECRET, "backoff_s": 0.05, "max_attempts": 3, "allow_private_networks": True}
     args["extend"] = {"overlap_frames": 5}
@@ -80,7 +75,7 @@ def content(client: httpx.Client, video_id: str, variant: str) -> bytes:
     return r.content
 
 
-def test_extend_twice_seams_fall_where_the_plan_says(flows: httpx.Client, s3_endpoint: str) -> None:
+def test_extend_twice_seams_fall_where_the_plan_says(flows: httpx.Client, moto: MotoServer) -> None:
     session = flows.post("/v1/sessions", json={"metadata": {"user": "u1"}}).json()
     body = {"prompt": "a train crossing a bridge", "num_frames": 17, "extensions": 2, "seed": 3,
             "session_id": session["id"]}
@@ -115,11 +110,11 @@ def test_extend_twice_seams_fall_where_the_plan_says(flows: httpx.Client, s3_end
     # uploaded under the session's layout, and the job's URLs fetch them from the bucket
     prefix = f"sessions/{session['id']}/generations/{video['id']}/"
     assert video["upload"] == {"status": "completed", "error": None}
-    assert bucket_keys(s3_endpoint, prefix) == {
+    assert bucket_keys(moto.endpoint, prefix) == {
         prefix + n for n in ("initial.mp4", "extension_001.mp4", "extension_002.mp4", "combined.mp4",
                              "thumbnail.webp", "initial_thumbnail.webp", "extension_001_thumbnail.webp",
                              "extension_002_thumbnail.webp")}
-    assert combined_asset["url"].startswith(f"{s3_endpoint}/{BUCKET}/{prefix}combined.mp4?")
+    assert combined_asset["url"].startswith(f"{moto.endpoint}/{BUCKET}/{prefix}combined.mp4?")
     fetched = httpx.get(combined_asset["url"])
     assert fetched.status_code == 200 and fetched.content == content(flows, video["id"], "combined")
     assert len(fetched.content) == combined_asset["file_size_bytes"]
@@ -141,7 +136,7 @@ def test_image_to_video_extends_by_i2v_from_the_last_frame(flows: httpx.Client) 
     assert len(frames) == 9 + 8 == video["num_frames"]
 
 
-def test_edit_an_uploaded_clip_keeps_its_audio_and_duration(flows: httpx.Client, s3_endpoint: str) -> None:
+def test_edit_an_uploaded_clip_keeps_its_audio_and_duration(flows: httpx.Client, moto: MotoServer) -> None:
     session = flows.post("/v1/sessions").json()
     # a 2 s MOV at 20 fps with 2.5 s of sound: converted to MP4 on upload, retimed to 16 fps for Wan
     source = media_file(frames=40, fps=20, audio_s=2.5, container="mov")
@@ -165,7 +160,7 @@ def test_edit_an_uploaded_clip_keeps_its_audio_and_duration(flows: httpx.Client,
     assert frames.shape == (32, 32, 64, 3) and fps == 16
     codec, seconds, _ = audio_info(data)
     assert codec == "aac" and seconds == pytest.approx(32 / 16, abs=1024 / 48000 + 1e-3)
-    uploads = bucket_keys(s3_endpoint, f"sessions/{session['id']}/")
+    uploads = bucket_keys(moto.endpoint, f"sessions/{session['id']}/")
     assert f"sessions/{session['id']}/generations/{video['id']}/combined.mp4" in uploads
     listed = flows.get(f"/v1/sessions/{session['id']}").json()
     assert [u["id"] for u in listed["uploads"]] == [upload["id"], ref.json()["id"]]
