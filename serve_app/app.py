@@ -63,31 +63,33 @@ def build_app(args: dict[str, Any]) -> Application:
     if keys.open and config.auth.required:
         raise ConfigError(f"auth.required is set and no API key is configured (auth.api_keys, {config.auth.keys_env})")
     storage, hooks = config.storage, config.webhooks
-    uploader = Uploader.bind(storage.root, storage.s3)
-    notifier = Notifier.bind(hooks.signing_secret(), hooks.max_attempts, hooks.backoff_s, hooks.timeout_s,
-                             hooks.private_allowed())
-    tracker = JobTracker.bind(config.job_db, uploader, config.retention.days, config.retention.sweep_interval_s,
-                              notifier=notifier, s3=storage.s3, public_url=config.public_url,
-                              sweep_interval_s=config.orphan_sweep_s)
+    # Serve learns that a replica died from its health check alone: the check's period bounds how long one is missed.
+    health = {"health_check_period_s": config.health_check_period_s}
+    uploader = Uploader.options(**health).bind(storage.root, storage.s3)
+    notifier = Notifier.options(**health).bind(hooks.signing_secret(), hooks.max_attempts, hooks.backoff_s,
+                                               hooks.timeout_s, hooks.private_allowed())
+    tracker = JobTracker.options(**health).bind(config.job_db, uploader, config.retention.days,
+                                                config.retention.sweep_interval_s, notifier=notifier, s3=storage.s3,
+                                                public_url=config.public_url, sweep_interval_s=config.orphan_sweep_s)
     generators = {
-        m.name: WanGenerator.options(**generator_options(m)).bind(
+        m.name: WanGenerator.options(**generator_options(m), **health).bind(
             model=m.name, tracker=tracker, weights=m.weights, dtype=m.dtype, device=m.device,
             gpu_memory_fraction=m.memory_fraction, cpu_offload=m.cpu_offload, loras=m.loras, speed=m.speed,
         )
         for m in config.models
     }
     # Runners wait on generations: on a redeploy, the old replicas must outlive the longest one.
-    drain = {"graceful_shutdown_timeout_s": max(m.graceful_shutdown_timeout_s for m in config.models)}
+    drain = {"graceful_shutdown_timeout_s": max(m.graceful_shutdown_timeout_s for m in config.models)} | health
     stages = {
         "extend": Extender.options(**drain).bind(generators),
-        "interpolate": Interpolator.options(num_replicas=config.interpolator_replicas).bind(),
-        "encode": VideoEncoder.options(num_replicas=config.encoder_replicas).bind(),
+        "interpolate": Interpolator.options(num_replicas=config.interpolator_replicas, **health).bind(),
+        "encode": VideoEncoder.options(num_replicas=config.encoder_replicas, **health).bind(),
         "upload": uploader,
     }
     if (e := config.enhancer) is not None:
-        stages["enhance"] = PromptEnhancer.options(num_replicas=e.num_replicas, ray_actor_options=e.ray_actor_options) \
-            .bind(e.model, e.max_new_tokens, config.limits.max_prompt_chars, e.device)
+        enhancer = PromptEnhancer.options(num_replicas=e.num_replicas, ray_actor_options=e.ray_actor_options, **health)
+        stages["enhance"] = enhancer.bind(e.model, e.max_new_tokens, config.limits.max_prompt_chars, e.device)
     flow = FlowRunner.options(**drain).bind(generators, stages, tracker)
     gateway = GatewayIngress.options(num_replicas=config.gateway_replicas,
-                                     max_ongoing_requests=config.gateway_max_ongoing_requests)
+                                     max_ongoing_requests=config.gateway_max_ongoing_requests, **health)
     return gateway.bind(config, tracker, flow, uploader, keys, stages.get("enhance"))

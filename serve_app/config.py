@@ -329,6 +329,8 @@ class AppConfig(_Strict):
                                           "preset each job type runs, for models that do not name their own")
     orphan_sweep_s: float = Field(30.0, gt=0, description="how often the job tracker fails the queued and running "
                                   "jobs whose flow runner replica is gone (a crash), and sends their webhooks")
+    health_check_period_s: float = Field(10.0, gt=0, description="how often Serve checks that each replica is alive "
+                                         "(Serve's own default): a replica that died is replaced within about this")
     poll_after_ms: int = Field(1000, ge=100)
     events_keepalive_s: float = Field(15.0, gt=0, description="a comment on every SSE stream this often, so proxies "
                                       "keep an idle stream open")

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.serve._private.build_app import build_app as build_serve_app
 
-from serve_app.app import ConfigError, generator_options, load_config
+from serve_app.app import ConfigError, build_app, generator_options, load_config
 from serve_app.config import ModelConfig, generator_name
+from tests.support.app import app_args
 
 CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
 
@@ -60,6 +62,16 @@ def test_generator_placement_follows_the_model_config() -> None:
     assert options["graceful_shutdown_timeout_s"] >= 600
     assert m.memory_fraction == 0.5  # two replicas share a card, each capped at half of it
     assert ModelConfig(name="Wan2.1-T2V-14B", ray_actor_options={"num_gpus": 1}).memory_fraction is None
+
+
+def test_every_deployment_checks_its_replicas_health_as_configured(tmp_path: Path) -> None:
+    """What Serve deploys, as `serve.run` builds it: a dead replica of any stage is found within the period."""
+    app = build_app(app_args(tmp_path, ["tiny-t2v", "tiny-i2v"]) | {"health_check_period_s": 2, "enhancer": {}})
+    built = build_serve_app(app, name="wan")
+    assert {d.name: d._deployment_config.health_check_period_s for d in built.deployments} == {
+        name: 2 for name in ("Gateway", "FlowRunner", "JobTracker", "Notifier", "Uploader", "Extender", "Interpolator",
+                             "VideoEncoder", "PromptEnhancer", "Generator-tiny-t2v", "Generator-tiny-i2v")}
+    assert load_config(app_args(tmp_path, ["tiny-t2v"])).health_check_period_s == 10, "Serve's own default"
 
 
 def test_a_generator_may_scale_to_zero() -> None:

@@ -37,6 +37,7 @@ from tests.support.webhooks import WebhookReceiver, webhook_receiver
 LONG = {"num_frames": 81, "num_inference_steps": 200, "size": "160x96"}
 DRAIN_S = 300
 SWEEP_S = 1.0  # the tracker's sweep for jobs whose flow runner is gone (30 s by default)
+HEALTH_S = 1.0  # how soon Serve finds a killed replica gone and starts its replacement (10 s by default)
 LEAKS = ("actor", "pid", "ip=", "192.", "127.0.0.1", "SERVE_REPLICA", "/")  # Ray's error text; none may reach a job
 
 
@@ -48,10 +49,11 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 def fault_args(root: Any, **extra: Any) -> dict[str, Any]:
     """One tiny model with room for 12 jobs at a time, and old replicas that drain for as long as a generation may
-    take, as in production; loopback webhooks allowed (the SSRF guard refuses them by default); a quick sweep."""
+    take, as in production; loopback webhooks allowed (the SSRF guard refuses them by default); a quick sweep and
+    quick health checks."""
     extra = {"max_queued_jobs": 12, "graceful_shutdown_timeout_s": DRAIN_S} | extra
     return {**app_args(root, ["tiny-t2v"], **extra), "webhooks": {"allow_private_networks": True, "backoff_s": 0.2},
-            "orphan_sweep_s": SWEEP_S}
+            "orphan_sweep_s": SWEEP_S, "health_check_period_s": HEALTH_S}
 
 
 @pytest.fixture(scope="module")
