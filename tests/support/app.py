@@ -9,7 +9,7 @@ import httpx
 import ray
 from ray import serve
 
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, generator_name
 from tests.s3server import free_port
 
 APP = "wan"
@@ -18,6 +18,16 @@ ENHANCER = {"model": "tiny", "max_new_tokens": 32, "timeout_s": 5}
 KEYED_APP = "keyed"  # tests/keyed/'s app with API keys, on the tests' cluster
 KEY_A, KEY_B, ADMIN = "sk-alice-0123456789", "sk-bob-9876543210", "sk-admin-abcdef"
 FUZZ_KEY, STUDIO_KEY = "sk-fuzz-0123456789", "sk-studio-0123456789"
+SCALING_APP = "scaling"  # tests/scaling/'s app: one model that scales to zero, one that a burst scales up
+ZERO_MODEL, BURST_MODEL = "tiny-t2v", "tiny-ti2v"
+# Serve's scale-from-zero is immediate (no upscale delay from zero); the short delays and metric interval let the
+# test see the scale-down too, within seconds of the job's end.
+ZERO = {"min_replicas": 0, "max_replicas": 1, "target_ongoing_requests": 1,
+        "downscale_delay_s": 1, "downscale_to_zero_delay_s": 1, "metrics_interval_s": 0.5, "look_back_period_s": 1}
+# Serve's handles push their queue lengths every `metrics_interval_s` (10 s by default): half a second here, so the
+# controller sees a burst within a second, and the look-back spans a few pushes.
+BURST = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+         "upscale_delay_s": 0, "downscale_delay_s": 2, "metrics_interval_s": 0.5, "look_back_period_s": 2}
 
 
 def app_args(root: Path, models: list[str], **extra: Any) -> dict[str, Any]:
@@ -43,6 +53,12 @@ def app_config(models: list[str] = TINY_MODELS, **extra: Any) -> AppConfig:
 def as_key(url: str, key: str | None) -> httpx.Client:
     """A client of `url` that sends `key` as its Bearer token (none: no Authorization header)."""
     return httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"} if key else {})
+
+
+def replica_states(app: str, model: str) -> dict[str, int]:
+    """`model`'s generator replicas in `app`, by state (RUNNING, STARTING, ...)."""
+    deployment = serve.status().applications[app].deployments[generator_name(model)]
+    return {str(state): n for state, n in deployment.replica_states.items()}
 
 
 def replica_logs(app: str, deployment: str = "", lines: int = 20) -> str:

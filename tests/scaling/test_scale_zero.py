@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -17,29 +16,22 @@ import pytest
 from fastapi import FastAPI
 from httpx_sse import connect_sse
 from pydantic import BaseModel
-from ray import serve
 from starlette.responses import Response
 from starlette.testclient import TestClient
 
 from domain.records import Job, JobParams, JobStatus
-from serve_app.app import build_app
 from serve_app.cards import Generators, scaling_card
-from serve_app.config import AppConfig, ModelConfig, generator_name
+from serve_app.config import AppConfig, ModelConfig
 from serve_app.events import Feeds, State, event_stream
 from serve_app.query import answer_query, unavailable_models
 from serve_app.router import Media
 from serve_app.schemas import RouteRequest
 from tests.media import probe
-from tests.support.app import app_args
+from tests.support.app import SCALING_APP, ZERO, ZERO_MODEL, replica_states
 from tests.support.fakes import FakeTracker
 from tests.support.jobs import ENDED, eventually, until
 
-APP = "zero"
-MODEL = "tiny-t2v"
-# Serve's scale-from-zero is immediate (no upscale delay from zero); the short delays and metric interval let the
-# test see the scale-down too, within seconds of the job's end.
-ZERO = {"min_replicas": 0, "max_replicas": 1, "target_ongoing_requests": 1,
-        "downscale_delay_s": 1, "downscale_to_zero_delay_s": 1, "metrics_interval_s": 0.5, "look_back_period_s": 1}
+MODEL = ZERO_MODEL
 FIRST_STEP_BOUND_S = 120  # a correctness bound (the replica does start), not a speed goal
 
 
@@ -161,44 +153,38 @@ def test_a_model_at_zero_is_routed_to_when_it_is_the_only_one_able() -> None:
     assert (answer.model, answer.fallback) == (MODEL, None)  # tiny-i2v cannot do t2v: the job waits for a replica
 
 
-# --- over HTTP, an app of its own beside the shared one --------------------------------------------------------------
+# --- over HTTP, on the scaling app (conftest.py) ------------------------------------------------------------------
+
+def model_card(client: httpx.Client) -> dict[str, Any]:
+    return next(card for card in client.get("/v1/models").json()["data"] if card["id"] == MODEL)
+
 
 def replicas() -> dict[str, int]:
-    deployment = serve.status().applications[APP].deployments[generator_name(MODEL)]
-    return {str(state): n for state, n in deployment.replica_states.items()}
-
-
-@pytest.fixture(scope="module")
-def zero_app(cluster_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    serve.run(build_app(app_args(tmp_path_factory.mktemp(APP), [MODEL], autoscaling_config=ZERO)), name=APP,
-              route_prefix=f"/{APP}")
-    with httpx.Client(base_url=f"{cluster_url}/{APP}", timeout=60) as client:
-        yield client
-    serve.delete(APP, _blocking=False)
+    return replica_states(SCALING_APP, MODEL)
 
 
 def test_a_job_at_zero_replicas_waits_starting_then_completes_and_the_model_scales_back(
-        zero_app: httpx.Client) -> None:
+        scaling: httpx.Client) -> None:
     assert not replicas().get("RUNNING"), "min_replicas 0 and no initial_replicas: no replica runs before a job"
-    [card] = zero_app.get("/v1/models").json()["data"]
+    card = model_card(scaling)
     assert card["scaling"] == {
         "min_replicas": 0, "max_replicas": 1, "scales_to_zero": True, "running": 0,
         "summary": "0 running: starts on the first job"}
 
     submitted = time.monotonic()
-    video = zero_app.post("/v1/videos", json={"prompt": "cold start", "num_frames": 9,
-                                              "num_inference_steps": 12}).json()
+    video = scaling.post("/v1/videos", json={"model": MODEL, "prompt": "cold start", "num_frames": 9,
+                                             "num_inference_steps": 12}).json()
     url = f"/v1/videos/{video['id']}"
     seen: dict[str, float] = {}  # what was first seen, and when (seconds after the submission)
     starting: dict[str, Any] = {}  # the job as GET showed it while its model started, and its first SSE event
 
     def first_step() -> bool:
-        now, elapsed = zero_app.get(url).json(), time.monotonic() - submitted
+        now, elapsed = scaling.get(url).json(), time.monotonic() - submitted
         for state, n in replicas().items():
             if n and state in ("STARTING", "RUNNING"):
                 seen.setdefault(state, elapsed)
         if not starting and now["status"] == "queued" and now["stage"] == "starting":
-            with connect_sse(zero_app, "GET", f"{url}/events") as source:
+            with connect_sse(scaling, "GET", f"{url}/events") as source:
                 starting.update(now, event=json.loads(next(source.iter_sse()).data))
         if now["status"] != "queued" or now["step"] > 0:
             seen.setdefault("first_step", elapsed)
@@ -216,16 +202,16 @@ def test_a_job_at_zero_replicas_waits_starting_then_completes_and_the_model_scal
               f"(a replica STARTING after {seen.get('STARTING', float('nan')):.1f} s, RUNNING after "
               f"{running_at:.1f} s; first step {seen['first_step'] - running_at:.1f} s after RUNNING)")
 
-        done = zero_app.get(url).json()
-        until(lambda: done.update(zero_app.get(url).json()) or done["status"] in ENDED, 120, f"{video['id']} to end")
+        done = scaling.get(url).json()
+        until(lambda: done.update(scaling.get(url).json()) or done["status"] in ENDED, 120, f"{video['id']} to end")
         assert done["status"] == "completed", done
         assert (done["stage_detail"], done["queue_position"]) == (None, None)
-        frames, fps, _ = probe(zero_app.get(f"{url}/content").content)
+        frames, fps, _ = probe(scaling.get(f"{url}/content").content)
         assert frames.shape[0] == 9 and fps == 16
     finally:
-        zero_app.post(f"{url}/cancel")  # a 409 once it has ended; ends it on a failure
+        scaling.post(f"{url}/cancel")  # a 409 once it has ended; ends it on a failure
 
     down_s = until(lambda: not any(replicas().values()), 90, "the scale-down to zero")
     print(f"scaled back to zero {down_s:.1f} s after the job ended")
-    [card] = zero_app.get("/v1/models").json()["data"]
+    card = model_card(scaling)
     assert card["scaling"]["running"] == 0 and card["scaling"]["summary"] == "0 running: starts on the first job"

@@ -4,27 +4,22 @@ cannot take a job, and over HTTP a query that creates its job and one that falls
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from ray import serve
 
 from pipelines.reading import Reading
 from pipelines.request import InvalidRequest
-from serve_app.app import build_app
 from serve_app.config import AppConfig
 from serve_app.errors import as_api_error
 from serve_app.query import answer_query, enhancer_reading, unavailable_models
 from serve_app.router import Media
 from serve_app.schemas import RouteRequest
-from tests.support.app import app_args
 from tests.support.jobs import until
 
-APP = "route"
 IMAGE = np.zeros((32, 64, 3), np.uint8)
 CONFIG = AppConfig.model_validate({"models": [
     {"name": "tiny-t2v", "default_for": ["t2v", "t2i"]}, {"name": "tiny-a14b"}, {"name": "tiny-i2v"},
@@ -187,17 +182,6 @@ def test_unavailability_comes_from_the_queue_and_the_replicas() -> None:
         "tiny-t2v": "it is at its admission limit (64 of 64 jobs)", "tiny-i2v": "it has no running replica"}
 
 
-@pytest.fixture(scope="module")
-def route_app(cluster_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    """tiny-t2v takes one job at a time; tiny-a14b also does t2v."""
-    args = app_args(tmp_path_factory.mktemp(APP), ["tiny-t2v", "tiny-a14b"])
-    args["models"][0] |= {"default_for": ["t2v", "t2i"], "max_queued_jobs": 1}
-    serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
-    with httpx.Client(base_url=f"{cluster_url}/{APP}", timeout=60) as client:
-        yield client
-    serve.delete(APP, _blocking=False)
-
-
 def ended(client: httpx.Client, video_id: str) -> dict[str, Any]:
     video: dict[str, Any] = {}
     until(lambda: video.update(client.get(f"/v1/videos/{video_id}").json()) or
@@ -205,18 +189,18 @@ def ended(client: httpx.Client, video_id: str) -> dict[str, Any]:
     return video
 
 
-def test_s3_s_example_over_http_creates_its_job(route_app: httpx.Client) -> None:
-    r = route_app.post("/v1/route", json={"query": "Generate a video of a cat playing in the garden",
+def test_s3_s_example_over_http_creates_its_job(intake: httpx.Client) -> None:
+    r = intake.post("/v1/route", json={"query": "Generate a video of a cat playing in the garden",
                                           "max_duration": 0.5, "create": True})
     assert r.status_code == 200, r.text
     answer = r.json()
     assert (answer["task"], answer["model"], answer["num_frames"]) == ("t2v", "tiny-t2v", 9)
-    video = ended(route_app, answer["video"]["id"])
+    video = ended(intake, answer["video"]["id"])
     assert video["status"] == "completed" and video["prompt"] == "A cat playing in the garden"
 
 
-def test_s3_s_request_as_written_over_http_and_what_it_may_not_say(route_app: httpx.Client) -> None:
-    r = route_app.post("/v1/route", json=S3_REQUEST)
+def test_s3_s_request_as_written_over_http_and_what_it_may_not_say(intake: httpx.Client) -> None:
+    r = intake.post("/v1/route", json=S3_REQUEST)
     assert r.status_code == 200, r.text
     assert (r.json()["task"], r.json()["model"], r.json()["reading"]) == ("t2v", "tiny-t2v", "keywords")
     for body, param, message in [
@@ -224,21 +208,21 @@ def test_s3_s_request_as_written_over_http_and_what_it_may_not_say(route_app: ht
                                                             "top-level prefer_quality is False"),
         (S3_REQUEST | {"modality": "audio"}, "modality", "modality: 'audio' is not one of 'text', 'video' or 'image'"),
     ]:
-        r = route_app.post("/v1/route", json=body)
+        r = intake.post("/v1/route", json=body)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
         assert r.json()["error"]["message"].startswith(message), r.text
 
 
-def test_a_full_model_falls_back_to_the_next_over_http(route_app: httpx.Client) -> None:
-    busy = route_app.post("/v1/videos", json={"prompt": "long", "model": "tiny-t2v", "num_frames": 81,
+def test_a_full_model_falls_back_to_the_next_over_http(intake: httpx.Client) -> None:
+    busy = intake.post("/v1/videos", json={"prompt": "long", "model": "tiny-t2v", "num_frames": 81,
                                               "num_inference_steps": 200}).json()
     try:
-        r = route_app.post("/v1/route", json={"query": "a video of a kite", "max_duration": 0.5, "create": True})
+        r = intake.post("/v1/route", json={"query": "a video of a kite", "max_duration": 0.5, "create": True})
         assert r.status_code == 200, r.text
         answer = r.json()
         assert answer["model"] == "tiny-a14b" and answer["fallback"]["from"] == "tiny-t2v"
         assert "admission limit" in answer["fallback"]["why"]
-        assert ended(route_app, answer["video"]["id"])["status"] == "completed"
+        assert ended(intake, answer["video"]["id"])["status"] == "completed"
     finally:
-        route_app.post(f"/v1/videos/{busy['id']}/cancel")
-        ended(route_app, busy["id"])
+        intake.post(f"/v1/videos/{busy['id']}/cancel")
+        ended(intake, busy["id"])
