@@ -3,8 +3,9 @@ by logical resources and each generator takes its device from what torch sees (t
 
 The head node has CPUs and no GPU; two workers have one GPU each and no CPU, so generators can only run on
 the workers and every CPU stage only on the head. The Serve controller packs replicas (as the RayService's
-head is told to), so two 0.5-GPU replicas share one worker's card. These tests start Ray their own way, so
-conftest runs them before the shared app starts.
+head is told to), so two 0.5-GPU replicas share one worker's card; one that asks for more than any node has
+stays pending, says why, and the rest serve. These tests start Ray their own way, so conftest runs them before
+the shared app starts.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from tests.media import probe
 from tests.s3server import free_port
 from tests.support.jobs import ENDED, until, wait_for
 
+TOO_BIG = "tiny-flf2v"  # asks for 2 GPUs: no node has them
+
 
 def gpu_model(name: str, num_gpus: float, replicas: int) -> dict[str, Any]:
     return {"name": name, "num_replicas": replicas, "ray_actor_options": {"num_gpus": num_gpus, "num_cpus": 0}}
@@ -38,8 +41,9 @@ def cluster_args(root: Path, models: list[dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A head (6 CPUs, no GPU) and two one-GPU workers (no CPU) serving 2 x 0.5-GPU and 1 x 1.0-GPU generators;
-    yields the URL, the head's node id and the GPU nodes' ids."""
+    """A head (6 CPUs, no GPU) and two one-GPU workers (no CPU) serving 2 x 0.5-GPU and 1 x 1.0-GPU generators, and
+    one that asks for 2 GPUs, which no node has; yields the URL, the head's node id and the GPU nodes' ids once the
+    others run."""
     assert not ray.is_initialized(), "the cluster tests must run before anything else starts Ray"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 6, "num_gpus": 0})
     workers = [cluster.add_node(num_cpus=0, num_gpus=1) for _ in range(2)]
@@ -50,14 +54,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                       "RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S": "1"}
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port},
                 controller_options={"runtime_env": {"env_vars": controller_env}})
-    models = [gpu_model("tiny-t2v", 0.5, 2), gpu_model("tiny-i2v", 1.0, 1)]
-    serve.run(build_app(cluster_args(tmp_path_factory.mktemp("cluster"), models)), name="wan", route_prefix="/")
+    models = [gpu_model("tiny-t2v", 0.5, 2), gpu_model("tiny-i2v", 1.0, 1), gpu_model(TOO_BIG, 2.0, 1)]
+    app = build_app(cluster_args(tmp_path_factory.mktemp("cluster"), models))
+    serve.run_many([serve.RunTarget(target=app, name="wan", route_prefix="/")], wait_for_applications_running=False)
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield {"url": f"http://127.0.0.1:{port}", "head": cluster.head_node.node_id,
-               "gpus": {w.node_id for w in workers}}
+        with httpx.Client(base_url=url, timeout=60) as client:
+            until(lambda: client.get("/health").status_code == 200, 120, "the gateway")
+            until(lambda: running(client) == {"tiny-t2v": 2, "tiny-i2v": 1, TOO_BIG: 0}, 120, "the replicas that fit")
+        yield {"url": url, "head": cluster.head_node.node_id, "gpus": {w.node_id for w in workers}}
     finally:
         ray.shutdown()  # Serve with it, undrained
         cluster.shutdown()
+
+
+def running(client: httpx.Client) -> dict[str, int]:
+    """Each model's RUNNING generator replicas, as its card says."""
+    return {m["id"]: m["replicas"]["states"].get("RUNNING", 0) for m in client.get("/v1/models").json()["data"]}
 
 
 def nodes_of(app: str) -> dict[str, set[str]]:
@@ -86,30 +99,22 @@ def test_fractional_replicas_pack_two_to_a_gpu_and_a_whole_one_takes_a_card(clus
     assert len(halves) == len(whole) == 1 and halves | whole == cluster["gpus"], (halves, whole)
 
 
-def test_a_replica_that_does_not_fit_stays_pending_and_says_why(cluster: dict[str, Any], tmp_path: Path) -> None:
-    # Serve stops even a never-placed replica gracefully, waiting its whole timeout: keep that short here.
-    pending_model = {**gpu_model("tiny-flf2v", 1.0, 1), "graceful_shutdown_timeout_s": 2}
-    app = serve.RunTarget(target=build_app(cluster_args(tmp_path, [pending_model])), name="more",
-                          route_prefix="/more")
-    serve.run_many([app], wait_for_applications_running=False)
-    try:
-        with httpx.Client(base_url=f"{cluster['url']}/more", timeout=60) as client:
-            until(lambda: client.get("/health").status_code == 200, 120, "the second app's gateway")
+def test_a_replica_that_does_not_fit_stays_pending_and_says_why(cluster: dict[str, Any]) -> None:
+    with httpx.Client(base_url=cluster["url"], timeout=60) as client:
 
-            def pending() -> dict[str, Any]:
-                return client.get("/v1/models").json()["data"][0]["replicas"]
+        def pending() -> dict[str, Any]:
+            return next(m for m in client.get("/v1/models").json()["data"] if m["id"] == TOO_BIG)["replicas"]
 
-            until(lambda: "to be scheduled" in pending()["message"], 60, "Serve's pending-replica message")
-            replicas = pending()
-            assert replicas["states"] == {"STARTING": 1} and replicas["status"] != "HEALTHY"
-            assert '"GPU": 1.0' in replicas["message"], replicas["message"]
-            queue = client.get("/v1/queue").json()["data"][0]
-            assert queue["replicas"] == {"STARTING": 1}
-        # The served app is untouched: its replicas keep both cards.
-        assert serve.status().applications["wan"].status == "RUNNING"
-        assert ray.available_resources().get("GPU", 0) == 0
-    finally:
-        serve.delete("more", _blocking=False)
+        until(lambda: "to be scheduled" in pending()["message"], 60, "Serve's pending-replica message")
+        replicas = pending()
+        assert replicas["states"] == {"STARTING": 1} and replicas["status"] != "HEALTHY"
+        assert '"GPU": 2.0' in replicas["message"], replicas["message"]
+        queue = next(q for q in client.get("/v1/queue").json()["data"] if q["model"] == TOO_BIG)
+        assert queue["replicas"] == {"STARTING": 1}
+        # The models that fit are untouched: their replicas keep both cards, and serve.
+        assert running(client) == {"tiny-t2v": 2, "tiny-i2v": 1, TOO_BIG: 0}
+    assert serve.status().applications["wan"].status == "DEPLOYING", "it waits for the replica that cannot start"
+    assert ray.available_resources().get("GPU", 0) == 0
 
 
 def test_a_job_runs_its_generator_on_the_gpu_node_and_its_stages_on_the_head(cluster: dict[str, Any]) -> None:
