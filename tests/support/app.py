@@ -1,4 +1,5 @@
-"""Apps on the tests' Ray cluster: their arguments, a cluster of a module's own, and the keys of the keyed app."""
+"""Apps on the tests' Ray cluster: their arguments, a cluster of a module's own, what the packages' apps (keyed/,
+intake/, scaling/) are called and serve, and the keyed app's keys."""
 
 from __future__ import annotations
 
