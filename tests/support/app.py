@@ -19,8 +19,6 @@ ENHANCER = {"model": "tiny", "max_new_tokens": 32, "timeout_s": 5}
 KEYED_APP = "keyed"  # tests/keyed/'s app with API keys, on the tests' cluster
 KEY_A, KEY_B, ADMIN = "sk-alice-0123456789", "sk-bob-9876543210", "sk-admin-abcdef"
 FUZZ_KEY, STUDIO_KEY = "sk-fuzz-0123456789", "sk-studio-0123456789"
-INTAKE_APP = "intake"  # tests/intake/'s app; its LIFECYCLE_MODEL has room for LIFECYCLE_LIMIT jobs
-LIFECYCLE_MODEL, LIFECYCLE_LIMIT = "tiny-a14b", 3
 SCALING_APP = "scaling"  # tests/scaling/'s app: one model that scales to zero, one that a burst scales up
 ZERO_MODEL, BURST_MODEL = "tiny-t2v", "tiny-ti2v"
 # Serve's scale-from-zero is immediate (no upscale delay from zero); the short delays and metric interval let the
