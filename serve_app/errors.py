@@ -44,10 +44,13 @@ def error_response(error: APIError) -> JSONResponse:
 
 
 def from_validation_error(exc: ValidationError | RequestValidationError) -> APIError:
-    """The first pydantic error as a 400 naming its field (body/query prefixes dropped); a value outside a fixed set
-    (a Literal or an enum) is named with the values taken, as OpenAI's errors do, so a client sees its mistake."""
+    """The first pydantic error as a 400 naming its field (FastAPI's location, body, query or path, dropped: a body
+    field may be called `query`); a value outside a fixed set (a Literal or an enum) is named with the values taken,
+    as OpenAI's errors do, so a client sees its mistake."""
     err = exc.errors()[0]
-    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+    loc = [str(p) for p in err.get("loc", ())]
+    if isinstance(exc, RequestValidationError) and loc[:1] in (["body"], ["query"], ["path"]):
+        loc = loc[1:]
     param = ".".join(loc) or None
     what = err["msg"].removeprefix("Value error, ")
     if err["type"] in ("literal_error", "enum"):

@@ -178,6 +178,14 @@ class RouteRequest(_Body):
     session_id: str | None = None
     webhook_url: HttpUrl | None = None
 
+    @field_validator("query")
+    @classmethod
+    def _has_words(cls, query: str) -> str:
+        """A query of spaces and control characters alone says nothing to read."""
+        if not query.split():
+            raise ValueError("the query has no words: say what to make, e.g. 'a video of a cat in a garden'")
+        return query
+
     @field_validator("context")
     @classmethod
     def _agrees(cls, context: RouteContext | None, info: ValidationInfo) -> RouteContext | None:

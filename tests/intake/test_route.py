@@ -99,6 +99,15 @@ def test_a_preference_that_says_otherwise_in_context_is_a_400_naming_the_field()
     assert RouteRequest.model_validate(S3_REQUEST | {"max_duration": 10}).max_duration == 10
 
 
+@pytest.mark.parametrize("query", ["\x0b", "  \t\n", "\x1c\u2003"])  # the fuzz's 500 was "\x0b"
+def test_a_query_with_no_words_is_a_400_naming_it(query: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        RouteRequest.model_validate({"query": query})
+    error = as_api_error(raised.value)
+    assert (error.status, error.param) == (400, "query")
+    assert "the query has no words" in error.message
+
+
 def test_a_query_the_named_model_cannot_serve_is_a_400_naming_it() -> None:
     with pytest.raises(InvalidRequest) as raised:
         ask("Animate the scene in this still", Media(image=IMAGE), model="tiny-a14b")
