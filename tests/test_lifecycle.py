@@ -12,8 +12,7 @@ import httpx
 import pytest
 from ray import serve
 
-from serve_app.app import build_app
-from tests.support.app import app_args
+from tests.support.app import app_args, deployed
 from tests.support.jobs import ENDED, until
 
 APP = "lifecycle"
@@ -23,11 +22,8 @@ SLOW_IMAGE = {"prompt": "a slow apple", "num_inference_steps": 200}  # seconds e
 
 @pytest.fixture(scope="module")
 def lifecycle(cluster_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    serve.run(build_app(app_args(tmp_path_factory.mktemp(APP), ["tiny-t2v"], max_queued_jobs=LIMIT)), name=APP,
-              route_prefix=f"/{APP}")
-    with httpx.Client(base_url=f"{cluster_url}/{APP}", timeout=60) as client:
-        yield client
-    serve.delete(APP, _blocking=False)
+    with deployed(cluster_url, APP, app_args(tmp_path_factory.mktemp(APP), ["tiny-t2v"], max_queued_jobs=LIMIT)) as c:
+        yield c
 
 
 def image_jobs() -> list[Any]:

@@ -7,10 +7,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from ray import serve
 
-from serve_app.app import build_app
-from tests.support.app import app_args
+from tests.support.app import app_args, deployed
 
 APP = "intake"
 
@@ -22,7 +20,5 @@ def intake(cluster_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     args = app_args(tmp_path_factory.mktemp(APP), ["tiny-t2v", "tiny-a14b", "tiny-i2v"])
     args["models"][0] |= {"default_for": ["t2v", "t2i"], "max_queued_jobs": 1}
     args["media_urls"] = {"allow_http": True, "allow_private_networks": True, "max_mb": 1, "timeout_s": 5}
-    serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
-    with httpx.Client(base_url=f"{cluster_url}/{APP}", timeout=60) as client:
+    with deployed(cluster_url, APP, args) as client:
         yield client
-    serve.delete(APP, _blocking=False)

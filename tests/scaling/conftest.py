@@ -7,10 +7,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from ray import serve
 
-from serve_app.app import build_app
-from tests.support.app import BURST, BURST_MODEL, SCALING_APP, ZERO, ZERO_MODEL, app_args
+from tests.support.app import BURST, BURST_MODEL, SCALING_APP, ZERO, ZERO_MODEL, app_args, deployed
 
 
 @pytest.fixture(scope="package")
@@ -19,7 +17,5 @@ def scaling(cluster_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     args = app_args(tmp_path_factory.mktemp(SCALING_APP), [ZERO_MODEL, BURST_MODEL])
     for model, autoscaling in zip(args["models"], (ZERO, BURST), strict=True):
         model["autoscaling_config"] = autoscaling
-    serve.run(build_app(args), name=SCALING_APP, route_prefix=f"/{SCALING_APP}")
-    with httpx.Client(base_url=f"{cluster_url}/{SCALING_APP}", timeout=60) as client:
+    with deployed(cluster_url, SCALING_APP, args) as client:
         yield client
-    serve.delete(SCALING_APP, _blocking=False)

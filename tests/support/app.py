@@ -3,6 +3,8 @@ intake/, scaling/) are called and serve, and the keyed app's keys."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import httpx
 import ray
 from ray import serve
 
+from serve_app.app import build_app
 from serve_app.config import AppConfig, generator_name
 from tests.s3server import free_port
 
@@ -44,6 +47,16 @@ def shared_args(root: Path) -> dict[str, Any]:
     """The shared app's arguments: the embedded default's models (less tiny-i2v-a14b) and its prompt enhancer."""
     return app_args(root, [*TINY_MODELS, "tiny-animate"]) | {
         "enhancer": ENHANCER | {"ray_actor_options": {"num_cpus": 0.1}}}
+
+
+@contextmanager
+def deployed(cluster_url: str, name: str, args: dict[str, Any]) -> Iterator[httpx.Client]:
+    """`args`' app on the tests' cluster under /`name`, and a client of it; deleted afterwards, its drain not
+    waited for."""
+    serve.run(build_app(args), name=name, route_prefix=f"/{name}")
+    with httpx.Client(base_url=f"{cluster_url}/{name}", timeout=60) as client:
+        yield client
+    serve.delete(name, _blocking=False)
 
 
 def app_config(models: list[str] = TINY_MODELS, **extra: Any) -> AppConfig:
